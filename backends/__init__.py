@@ -1,0 +1,1 @@
+"""Backends consume graph IR. Each module exposes `compile_graph(graph, **options) -> Executable`."""

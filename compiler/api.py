@@ -1,0 +1,180 @@
+"""`nnfuse.compile()` and `CompiledModel`: frontend -> passes -> backend, behind one call."""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .ir import Graph, NnfuseError
+from .ir import serialize as ir_serialize
+
+BACKENDS = {"reference": "nnfuse.backends.reference", "cpu": "nnfuse.backends.cpu", "triton": "nnfuse.backends.triton",
+            "cuda": "nnfuse.backends.cuda", "onnx": "nnfuse.backends.onnx", "mlir": "nnfuse.backends.mlir"}
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise NnfuseError(f"unknown backend '{name}'; valid: {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("nnfuse"):
+            raise NnfuseError(f"backend '{name}' is not available in this build of nnfuse") from None
+        raise NnfuseError(f"backend '{name}' needs the package '{e.name}': pip install {e.name}") from None
+
+
+def to_graph(model: Any, example_inputs: Optional[Sequence] = None, **frontend_options) -> Graph:
+    """Any supported model form -> graph IR (dispatch on type or file extension)."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise NnfuseError(f"{path}: no such file")
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".nnir":
+            return ir_serialize.load(path)
+        if ext == ".onnx":
+            from .frontends import onnx as onnx_frontend
+            return onnx_frontend.load(path, **frontend_options)
+        if ext == ".mlir":
+            from .frontends import mlir as mlir_frontend
+            return mlir_frontend.load(path, **frontend_options)
+        raise NnfuseError(f"{path}: unknown model format '{ext}' (expected .onnx, .nnir or .mlir)")
+    mod = type(model).__module__
+    if mod.startswith("onnx"):
+        from .frontends import onnx as onnx_frontend
+        return onnx_frontend.load(model, **frontend_options)
+    if mod.startswith("torch_mlir") or type(model).__name__ == "Module" and hasattr(model, "operation"):
+        from .frontends import mlir as mlir_frontend
+        return mlir_frontend.load(model, **frontend_options)
+    if _is_torch_module(model):
+        from .frontends import torch as torch_frontend
+        if example_inputs is None:
+            raise NnfuseError("compiling a torch.nn.Module needs example_inputs (a tuple of tensors)")
+        return torch_frontend.load(model, tuple(example_inputs), **frontend_options)
+    raise NnfuseError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an ONNX model or path, "
+                      "a .nnir/.mlir path or an nnfuse.ir.Graph")
+
+
+def _is_torch_module(m: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(m, torch.nn.Module)
+
+
+class CompiledModel:
+    """A compiled model: call it with torch tensors or numpy arrays."""
+
+    def __init__(self, graph: Graph, executable: Any, backend: str, report: Any = None, compile_seconds: float = 0.0,
+                 options: Optional[dict] = None):
+        self.graph = graph
+        self.executable = executable
+        self.backend = backend
+        self.report = report
+        self.compile_seconds = compile_seconds
+        self.options = options or {}
+
+    @property
+    def program(self):
+        return getattr(self.executable, "program", None)
+
+    def __call__(self, *args):
+        torch_out = any(type(a).__module__.startswith("torch") for a in args)
+        arrays = self._check_inputs(args)
+        outs = self.executable(arrays)
+        if torch_out:
+            import torch
+            outs = [torch.from_numpy(np.ascontiguousarray(o)) if isinstance(o, np.ndarray) else o for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _check_inputs(self, args) -> list[np.ndarray]:
+        g = self.graph
+        if len(args) != len(g.inputs):
+            raise NnfuseError(f"model takes {len(g.inputs)} inputs ({', '.join(v.name for v in g.inputs)}), got {len(args)}")
+        arrays, binding = [], {}
+        for v, a in zip(g.inputs, args):
+            if hasattr(a, "detach"):
+                a = a.detach().cpu().numpy()
+            a = np.asarray(a)
+            want = v.type
+            if a.dtype != want.dtype.np:
+                raise NnfuseError(f"input '{v.name}': expected {want}, got {a.dtype.name}{list(a.shape)}")
+            if a.ndim != want.rank:
+                raise NnfuseError(f"input '{v.name}': expected {want}, got rank {a.ndim} {list(a.shape)}")
+            for d, n in zip(want.shape, a.shape):
+                if isinstance(d, int):
+                    if d != n:
+                        raise NnfuseError(f"input '{v.name}': expected {want}, got {a.dtype.name}{list(a.shape)}")
+                elif "*" not in d:
+                    if binding.setdefault(d, n) != n:
+                        raise NnfuseError(f"input '{v.name}': dim {d} is {n} here but {binding[d]} in another input")
+            arrays.append(a)
+        return arrays
+
+    def source(self) -> str:
+        src = getattr(self.executable, "source", None)
+        return src() if callable(src) else str(self.graph)
+
+    def stats(self) -> dict:
+        s = {"backend": self.backend, "compile_seconds": round(self.compile_seconds, 3), "nodes": len(self.graph.nodes),
+             "ops": self.graph.op_histogram(), "param_bytes": self.graph.param_bytes()}
+        if self.report is not None and hasattr(self.report, "as_dict"):
+            s["passes"] = self.report.as_dict()
+        extra = getattr(self.executable, "stats", None)
+        if callable(extra):
+            s.update(extra())
+        return s
+
+    def dump(self, level: str = "graph") -> str:
+        if level == "graph":
+            return str(self.graph)
+        if level == "kernel":
+            if self.program is None:
+                raise NnfuseError(f"backend '{self.backend}' has no kernel IR")
+            return str(self.program)
+        if level == "source":
+            return self.source()
+        raise NnfuseError(f"unknown dump level '{level}'; valid: graph, kernel, source")
+
+    def save(self, path: str) -> None:
+        """Save the optimized graph (.nnir + weights); `nnfuse.load` recompiles it for the same backend."""
+        self.graph.meta["backend"] = self.backend
+        ir_serialize.save(self.graph, path)
+        with open(os.path.splitext(path)[0] + ".backend", "w") as f:
+            f.write(self.backend)
+
+    def __repr__(self) -> str:
+        return f"CompiledModel(@{self.graph.name}, backend={self.backend}, {len(self.graph.nodes)} nodes)"
+
+
+def compile(model: Any, example_inputs: Optional[Sequence] = None, *, backend: str = "reference", opt_level: int = 2,
+            passes: Optional[Sequence[str]] = None, disable: Sequence[str] = (), dynamic: bool = False,
+            verify_each: bool = False, print_after: Sequence[str] = (), print_after_all: bool = False,
+            **options: Any) -> CompiledModel:
+    """Compile a model (torch.nn.Module, ONNX path/ModelProto, .nnir/.mlir path, or Graph) for a backend."""
+    t0 = time.perf_counter()
+    bmod = backend_module(backend)
+    frontend_opts = {k: options.pop(k) for k in list(options) if k in ("dynamic_shapes", "strict", "input_shapes")}
+    if dynamic:
+        frontend_opts["dynamic"] = True
+    graph = to_graph(model, example_inputs, **frontend_opts)
+    from .passes import optimize
+    graph, report = optimize(graph, opt_level=opt_level, passes=passes, disable=disable, verify_each=verify_each,
+                             print_after=print_after, print_after_all=print_after_all, backend=backend, **options)
+    exe = bmod.compile_graph(graph, **options)
+    return CompiledModel(graph, exe, backend, report, time.perf_counter() - t0, options)
+
+
+def load(path: str, backend: Optional[str] = None) -> CompiledModel:
+    """Load a model saved by `CompiledModel.save` and compile it (no passes are re-run)."""
+    side = os.path.splitext(path)[0] + ".backend"
+    if backend is None:
+        backend = open(side).read().strip() if os.path.exists(side) else "reference"
+    graph = ir_serialize.load(path)
+    return compile(graph, backend=backend, opt_level=0)

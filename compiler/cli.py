@@ -1,0 +1,143 @@
+"""The `nnfuse` command line. Exit codes: 0 ok, 1 a user error (bad model, failed check), 2 bad usage."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from . import __version__
+from .ir import NnfuseError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand: the decorated function runs it; `.args` adds its arguments."""
+    def deco(run):
+        def add_args(setup):
+            COMMANDS[name] = (setup, run, help)
+            return setup
+        run.args = add_args
+        COMMANDS[name] = (lambda p: None, run, help)
+        return run
+    return deco
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + ("" if text.endswith("\n") else "\n"))
+
+
+# ---------------------------------------------------------------- dump
+def _load_for_cli(path: str, args: argparse.Namespace):
+    from .api import to_graph
+    opts = {}
+    if getattr(args, "input_shape", None):
+        opts["input_shapes"] = parse_input_shapes(args.input_shape)
+    return to_graph(path, **opts)
+
+
+def parse_input_shapes(specs) -> dict:
+    shapes = {}
+    for s in specs or ():
+        name, _, dims = s.rpartition(":")
+        if not name or not dims:
+            raise NnfuseError(f"--input-shape '{s}': expected NAME:D1,D2,... (e.g. x:1,3,224,224)")
+        shapes[name] = [int(d) if d.lstrip("-").isdigit() else d for d in dims.split(",")]
+    return shapes
+
+
+@command("dump", "print a model's IR (graph level; kernel/source with a backend)")
+def cmd_dump(args: argparse.Namespace) -> int:
+    from .ir import print_graph, save, verify
+    g = _load_for_cli(args.model, args)
+    verify(g)
+    if args.opt_level is not None or args.print_after_all or args.passes:
+        from .passes import optimize
+        g, report = optimize(g, opt_level=args.opt_level if args.opt_level is not None else 2,
+                             passes=args.passes.split(",") if args.passes else None, verify_each=True,
+                             print_after_all=args.print_after_all, emit=lambda s: out(s))
+    if args.level != "graph":
+        from .api import compile as nn_compile
+        cm = nn_compile(g, backend=args.backend, opt_level=0)
+        text = cm.dump(args.level)
+    else:
+        text = print_graph(g)
+    if args.output:
+        if args.output.endswith(".nnir") and args.level == "graph":
+            wp = save(g, args.output)
+            err(f"wrote {args.output} (+ weights {wp})")
+        else:
+            with open(args.output, "w") as f:
+                f.write(text)
+            err(f"wrote {args.output}")
+    else:
+        out(text)
+    return 0
+
+
+@cmd_dump.args
+def _dump_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .nnir, .onnx or .mlir file")
+    p.add_argument("-o", "--output", help="write here (.nnir writes the weights beside it)")
+    p.add_argument("--level", default="graph", choices=["graph", "kernel", "source"])
+    p.add_argument("--backend", default="cpu", help="backend for --level kernel/source")
+    p.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], help="optimize before printing")
+    p.add_argument("--passes", help="comma-separated pass list instead of a preset")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnfuse", description="nnfuse: a compiler and IR toolkit for neural-network graphs")
+    p.add_argument("--version", action="version", version=f"nnfuse {__version__}")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _load_commands()
+    for name, (setup, _, help) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+        setup(sp)
+    return p
+
+
+def _load_commands() -> None:
+    """Commands defined in other modules register themselves on import."""
+    import importlib
+    for mod in ("nnfuse.cli_onnx", "nnfuse.cli_bench"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not args.command:
+        p.print_help()
+        return 2
+    debug = args.debug
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except NnfuseError as e:
+        if debug:
+            raise
+        err(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+    except Exception as e:  # a bug in nnfuse: say so plainly, traceback with --debug
+        if debug:
+            raise
+        err(f"internal error: {type(e).__name__}: {e}\n(run with --debug for the traceback; please report it)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Shape ops. Shapes and indices are attributes (frontends fold shape computations into them),
+so every result type is known at construction, symbolic dims included."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import TensorType, dim_div, dim_mul, numel
+from .registry import Attr, OpError, norm_axis, register
+
+
+def reshape_shape(src: tuple, target: tuple, allowzero: bool = False) -> tuple:
+    """Resolve 0 (copy) and -1 (infer) in a reshape target against the source shape."""
+    out = [src[i] if (d == 0 and not allowzero and i < len(src)) else d for i, d in enumerate(target)]
+    if out.count(-1) > 1:
+        raise OpError(f"op 'reshape': more than one -1 in target {list(target)}")
+    if -1 in out:
+        known = dim_mul(*[d for d in out if d != -1])
+        rest = dim_div(numel(src), known)
+        if rest is None:
+            raise OpError(f"op 'reshape': cannot reshape {list(src)} to {list(target)}")
+        out[out.index(-1)] = rest
+    elif isinstance(numel(src), int) and isinstance(numel(out), int) and numel(src) != numel(out):
+        raise OpError(f"op 'reshape': {list(src)} has {numel(src)} elements, target {list(out)} has {numel(out)}")
+    return tuple(out)
+
+
+def _reshape_ref(x, shape, allowzero=False):
+    return x.reshape(reshape_shape(x.shape, shape, allowzero))
+
+
+register("reshape", "shape", lambda ts, a: ts[0].with_shape(reshape_shape(ts[0].shape, a["shape"], a["allowzero"])),
+         _reshape_ref, {"shape": Attr("dims"), "allowzero": Attr("bool", False)})
+
+
+def _perm(perm, rank):
+    perm = tuple(range(rank))[::-1] if perm is None else perm
+    if sorted(norm_axis(p, rank, "transpose") for p in perm) != list(range(rank)):
+        raise OpError(f"op 'transpose': perm {list(perm)} is not a permutation of rank {rank}")
+    return tuple(p % rank for p in perm)
+
+
+register("transpose", "shape", lambda ts, a: ts[0].with_shape([ts[0].shape[p] for p in _perm(a["perm"], ts[0].rank)]),
+         lambda x, perm: np.transpose(x, _perm(perm, x.ndim)), {"perm": Attr("ints", None)})
+
+
+def _concat_infer(ts, attrs):
+    r = ts[0].rank
+    ax = norm_axis(attrs["axis"], r, "concat")
+    for t in ts[1:]:
+        if t.rank != r or t.dtype != ts[0].dtype or any(t.shape[i] != ts[0].shape[i] for i in range(r) if i != ax):
+            raise OpError(f"op 'concat' axis {ax}: operands disagree: {', '.join(map(str, ts))}")
+    d = ts[0].shape[ax]
+    for t in ts[1:]:
+        d = d + t.shape[ax] if isinstance(d, int) and isinstance(t.shape[ax], int) else f"{d}+{t.shape[ax]}"
+    if isinstance(d, str):
+        raise OpError(f"op 'concat': symbolic sizes along the concat axis are not supported ({', '.join(map(str, ts))})")
+    return ts[0].with_shape([d if i == ax else s for i, s in enumerate(ts[0].shape)])
+
+
+register("concat", "shape", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis), {"axis": Attr("int")}, arity=(1, -1))
+
+
+def _split_infer(ts, attrs):
+    t = ts[0]
+    ax = norm_axis(attrs["axis"], t.rank, "split")
+    if sum(attrs["sizes"]) != t.shape[ax]:
+        raise OpError(f"op 'split': sizes {list(attrs['sizes'])} do not add up to dim {ax} of {t}")
+    return [t.with_shape([s if i == ax else d for i, d in enumerate(t.shape)]) for s in attrs["sizes"]]
+
+
+def _split(x, axis, sizes):
+    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+
+
+register("split", "shape", _split_infer, _split, {"axis": Attr("int"), "sizes": Attr("ints")})
+
+
+def slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    """Clamp slice bounds like ONNX Slice / Python slicing; returns (start, end, count)."""
+    if step == 0:
+        raise OpError("op 'slice': step cannot be 0")
+    s, e, st = slice(start, end, step).indices(dim)
+    return s, e, len(range(s, e, st))
+
+
+def _slice_infer(ts, attrs):
+    t = ts[0]
+    shape = list(t.shape)
+    steps = attrs["steps"] or (1,) * len(attrs["starts"])
+    axes = attrs["axes"] or tuple(range(len(attrs["starts"])))
+    if not len(axes) == len(attrs["starts"]) == len(attrs["ends"]) == len(steps):
+        raise OpError("op 'slice': starts, ends, axes and steps must have the same length")
+    for ax, s, e, st in zip(axes, attrs["starts"], attrs["ends"], steps):
+        ax = norm_axis(ax, t.rank, "slice")
+        d = t.shape[ax]
+        if not isinstance(d, int):
+            if s == 0 and e >= 2**62 and st == 1:
+                continue
+            raise OpError(f"op 'slice': cannot slice symbolic dim {d} of {t}")
+        shape[ax] = slice_bounds(d, s, e, st)[2]
+    return t.with_shape(shape)
+
+
+def _slice(x, starts, ends, axes=None, steps=None):
+    idx = [slice(None)] * x.ndim
+    axes = axes or range(len(starts))
+    steps = steps or (1,) * len(starts)
+    for ax, s, e, st in zip(axes, starts, ends, steps):
+        idx[ax % x.ndim] = slice(*slice_bounds(x.shape[ax % x.ndim], s, e, st)[:2], st)
+        if st < 0 and idx[ax % x.ndim].stop == -1:
+            idx[ax % x.ndim] = slice(idx[ax % x.ndim].start, None, st)
+    return x[tuple(idx)]
+
+
+register("slice", "shape", _slice_infer, _slice,
+         {"starts": Attr("ints"), "ends": Attr("ints"), "axes": Attr("ints", None), "steps": Attr("ints", None)})
+
+
+def _gather_infer(ts, attrs):
+    x, idx = ts
+    if not idx.dtype.is_int:
+        raise OpError(f"op 'gather': indices must be integer, got {idx}")
+    ax = norm_axis(attrs["axis"], x.rank, "gather")
+    return x.with_shape(list(x.shape[:ax]) + list(idx.shape) + list(x.shape[ax + 1:]))
+
+
+def _gather(x, idx, axis):
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    return np.take(x, idx, axis=axis)
+
+
+register("gather", "shape", _gather_infer, _gather, {"axis": Attr("int", 0)}, arity=(2, 2))
+
+
+def _expand_infer(ts, attrs):
+    from ..types import broadcast_shapes
+    return ts[0].with_shape(broadcast_shapes(ts[0].shape, tuple(attrs["shape"])))
+
+
+register("expand", "shape", _expand_infer,
+         lambda x, shape: np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(shape))).copy(), {"shape": Attr("dims")})
+
+
+def _squeeze_axes(t, axes):
+    if axes is None:
+        return tuple(i for i, d in enumerate(t.shape) if d == 1)
+    axes = tuple(norm_axis(a, t.rank, "squeeze") for a in axes)
+    for a in axes:
+        if t.shape[a] != 1:
+            raise OpError(f"op 'squeeze': dim {a} of {t} is not 1")
+    return axes
+
+
+register("squeeze", "shape",
+         lambda ts, a: ts[0].with_shape([d for i, d in enumerate(ts[0].shape) if i not in _squeeze_axes(ts[0], a["axes"])]),
+         lambda x, axes: np.squeeze(x, axis=tuple(a % x.ndim for a in axes) if axes is not None else None),
+         {"axes": Attr("ints", None)})
+
+
+def _unsqueeze_shape(shape, axes):
+    r = len(shape) + len(axes)
+    axes = sorted(norm_axis(a, r, "unsqueeze") for a in axes)
+    out, it = [], iter(shape)
+    for i in range(r):
+        out.append(1 if i in axes else next(it))
+    return out
+
+
+register("unsqueeze", "shape", lambda ts, a: ts[0].with_shape(_unsqueeze_shape(ts[0].shape, a["axes"])),
+         lambda x, axes: x.reshape(_unsqueeze_shape(x.shape, axes)), {"axes": Attr("ints")})
+
+
+def _flatten_shape(shape, axis):
+    axis = norm_axis(axis, len(shape) + 1, "flatten")
+    return (numel(shape[:axis]), numel(shape[axis:]))
+
+
+register("flatten", "shape", lambda ts, a: ts[0].with_shape(_flatten_shape(ts[0].shape, a["axis"])),
+         lambda x, axis: x.reshape(_flatten_shape(x.shape, axis)), {"axis": Attr("int", 1)})
