@@ -89,8 +89,8 @@ class CompiledModel:
         arrays = self._check_inputs(args)
         outs = self.executable(arrays)
         if torch_out:
-            import torch
-            outs = [torch.from_numpy(np.ascontiguousarray(o)) if isinstance(o, np.ndarray) else o for o in outs]
+            from .frontends.torch_fx import numpy_to_tensor  # bf16/fp8-safe, no copy
+            outs = [numpy_to_tensor(o) if isinstance(o, np.ndarray) else o for o in outs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _check_inputs(self, args) -> list[np.ndarray]:
@@ -100,7 +100,8 @@ class CompiledModel:
         arrays, binding = [], {}
         for v, a in zip(g.inputs, args):
             if hasattr(a, "detach"):
-                a = a.detach().cpu().numpy()
+                from .frontends.torch_fx import tensor_to_numpy  # bf16/fp8-safe, no copy
+                a = tensor_to_numpy(a)
             a = np.asarray(a)
             want = v.type
             if a.dtype != want.dtype.np:

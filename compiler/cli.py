@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _load_commands()
     for name, (setup, _, help) in COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keep `nnfuse --debug CMD`
+                        help="show Python tracebacks on errors")
         setup(sp)
     return p
 

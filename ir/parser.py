@@ -35,7 +35,7 @@ attrs: "{" [attr ("," attr)*] "}"
 attr: NAME "=" avalue
 ?avalue: number | STRING | TRUE | FALSE | alist | dim
 alist: "[" [avalue ("," avalue)*] "]"
-?literal: number | TRUE | FALSE | llist
+?literal: number | INT | TRUE | FALSE | llist
 llist: "[" [literal ("," literal)*] "]"
 ?number: FLOAT | SIGNED_INT
 TRUE.2: "true"
@@ -88,12 +88,25 @@ def _unescape_loc(s: str) -> str:
     return "".join(out)
 
 
+def _loc_text(tok: Token) -> str:
+    """The text of a `# loc` comment: the printer writes '# ' + escaped loc (so edge spaces survive)."""
+    s = str(tok)[1:].rstrip("\r")
+    return _unescape_loc(s[1:] if s.startswith(" ") else s)
+
+
 def parse(text: str, filename: str = "<string>") -> Graph:
     """Parse IR text into a Graph (constants without inline values carry no data yet)."""
     try:
         tree = _parser.parse(text)
     except UnexpectedInput as e:
-        raise ParseError(_describe(e), text, e.line if e.line > 0 else len(text.splitlines()), max(e.column, 1), filename) from None
+        line, col = e.line, e.column
+        at_end = isinstance(e, UnexpectedEOF) or getattr(getattr(e, "token", None), "type", None) == "$END"
+        if at_end or line is None or line <= 0:  # lark has no position at the end of input: point past the last character
+            lines = text.split("\n")
+            line, col = len(lines), len(lines[-1]) + 1
+            if not lines[-1].strip() and len(lines) > 1:
+                line, col = len(lines) - 1, len(lines[-2]) + 1
+        raise ParseError(_describe(e), text, line, max(col, 1), filename) from None
     return _Builder(text, filename).graph(tree.children[0])
 
 
@@ -185,7 +198,7 @@ class _Builder:
             declared_out.append((name, self.type(r.children[1]), r))
         if i < len(ch) and isinstance(ch[i], Token) and ch[i].type == "LOC":
             if outer_loc is not None:
-                outer_loc.append(_unescape_loc(ch[i][1:].strip()))
+                outer_loc.append(_loc_text(ch[i]))
             i += 1
         for st in ch[i:]:
             if st is None:
@@ -257,7 +270,7 @@ class _Builder:
             if isinstance(c, Tree) and c.data == "graph":
                 body = self.graph(c, loc)
             elif isinstance(c, Token) and c.type == "LOC":
-                loc.append(_unescape_loc(c[1:].strip()))
+                loc.append(_loc_text(c))
         if str(op) not in OPS:
             raise self.err(f"unknown op '{op}'", op)
         if len(outs) != len(types):
@@ -265,9 +278,19 @@ class _Builder:
         try:
             od = OPS[str(op)]
             od.check_arity(len(operands))
-            attrs = od.normalize_attrs(attrs)
+            if body is not None:  # a fused node carries free-form attributes beside its schema (kind)
+                attrs = {**attrs, **od.normalize_attrs({k: v for k, v in attrs.items() if k in od.attrs})}
+            else:
+                attrs = od.normalize_attrs(attrs)
         except OpError as e:
             raise self.err(str(e), op) from None
+        if body is None:
+            try:  # the result count is structural; a wrong result *type* is the verifier's type-agreement rule
+                want = len(od.infer_types([v.type for v in operands], attrs))
+            except OpError:
+                want = len(types)
+            if want != len(types):
+                raise self.err(f"op '{op}' gives {want} result(s), the text binds {len(types)}", op)
         n = Node(str(op), operands, attrs, types, {"loc": loc[0]} if loc else None, body)
         for tok, v in zip(outs, n.outputs):
             if str(tok) in scope:

@@ -53,16 +53,18 @@ def fmt_attr(v) -> str:
 
 
 def fmt_literal(data: np.ndarray) -> str:
+    """Inline constant values: ints and bools as such (int4 included), floats in their shortest exact form."""
+    from .dtypes import dtype as to_dtype
     flat = data.reshape(-1)
-    if flat.dtype.kind == "f" or flat.dtype.kind == "V" or str(flat.dtype) not in ("int64", "int32", "int16", "int8", "uint8", "bool"):
-        if flat.dtype == np.float32:
-            items = [fmt_scalar(x) for x in flat]
-        elif flat.dtype.kind in "iub":
-            items = [fmt_scalar(x.item()) for x in flat]
-        else:
-            items = [fmt_scalar(float(x)) for x in flat]
-    else:
+    dt = to_dtype(flat.dtype)
+    if dt.kind == "bool":
+        items = [fmt_scalar(bool(x)) for x in flat]
+    elif dt.is_int:
+        items = [str(int(x)) for x in flat]
+    elif dt.name == "f32":
         items = [fmt_scalar(x) for x in flat]
+    else:
+        items = [fmt_scalar(float(x)) for x in flat]
     return items[0] if data.ndim == 0 else "[" + ", ".join(items) + "]"
 
 
@@ -118,7 +120,7 @@ def _print(g: Graph, indent: int, lines: list[str]) -> None:
         lines.append(s)
     for n in g.nodes:
         _print_node(n, namer, pad + "  ", lines, indent + 1)
-    lines.append(f"{pad}  return {', '.join(namer[v] for v in g.outputs)}")
+    lines.append(f"{pad}  return" + (" " + ", ".join(namer[v] for v in g.outputs) if g.outputs else ""))
     lines.append(pad + "}")
 
 

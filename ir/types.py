@@ -83,6 +83,7 @@ def numel(shape: Iterable[Dim]) -> Dim:
 
 def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
     """Numpy broadcasting over int and symbolic dims; raises ValueError naming the dims that clash."""
+    shapes = tuple(tuple(canonical_dim(d) for d in s) for s in shapes)  # "S*B" and "B*S" are one dim
     rank = max((len(s) for s in shapes), default=0)
     out: list[Dim] = []
     for i in range(rank):

@@ -26,19 +26,43 @@ RULES = {
     "region": "a fused node has a body whose inputs match its operands and whose outputs match its results",
     "region-isolated": "a body reads only its own inputs and constants",
     "outputs-defined": "graph outputs are defined values",
+    "unique-names": "graph inputs have distinct names (the text format names them)",
     "const-data": "constant data matches its declared type",
 }
 
 
 def _node_line(n: Node, g: Optional[Graph]) -> str:
-    args = ", ".join(v.name or f"#{v.id}" for v in n.inputs)
-    return f"{n.op}({args}) : {', '.join(str(o.type) for o in n.outputs)}" + (f"  # {n.loc}" if n.loc else "")
+    """The node's line as the printer writes it (value numbers as in `print_graph(g)`)."""
+    from .printer import _Namer, _print_node, global_name, local_name
+    namer = _Namer()
+    if g is not None:
+        for v in g.inputs:
+            namer.names[v.id] = local_name(v.name)
+        for k, v in g.constants.items():
+            namer.names[v.id] = global_name(k)
+        for m in g.nodes:
+            if m is n:
+                break
+            for o in m.outputs:
+                namer.define(o)
+    try:
+        lines: list[str] = []
+        _print_node(n, namer, "", lines, 0)
+        return lines[0]
+    except Exception:  # a node too broken to print (e.g. unprintable attrs): fall back to a plain summary
+        args = ", ".join(v.name or f"#{v.id}" for v in n.inputs)
+        return f"{n.op}({args}) : {', '.join(str(o.type) for o in n.outputs)}"
 
 
-def verify(g: Graph, where: str = "", check_types: bool = True) -> None:
+def verify(g: Graph, where: str = "", check_types: bool = True, _region: bool = False) -> None:
     """Raise VerifyError on the first broken rule."""
+    later = {o.id for n in g.nodes for o in n.outputs}  # values this graph defines somewhere (for ssa-order)
     defined: set[int] = set()
+    names: set[str] = set()
     for v in g.inputs:
+        if v.name in names:
+            raise VerifyError("unique-names", f"graph @{g.name} has two inputs named %{v.name}", graph=g, where=where)
+        names.add(v.name)
         defined.add(v.id)
     for name, v in g.constants.items():
         defined.add(v.id)
@@ -48,8 +72,9 @@ def verify(g: Graph, where: str = "", check_types: bool = True) -> None:
     for n in g.nodes:
         for v in n.inputs:
             if v.id not in defined:
-                rule = "region-isolated" if v.producer is None and not v.is_const else "ssa-order"
-                raise VerifyError(rule, f"operand {v!r} of {n.op} is not defined before use", n, g, where)
+                if _region and v.id not in later:
+                    raise VerifyError("region-isolated", f"operand {v!r} of {n.op} comes from outside the fused body", n, g, where)
+                raise VerifyError("ssa-order", f"operand {v!r} of {n.op} is not defined before use", n, g, where)
         od = OPS.get(n.op)
         if od is None:
             raise VerifyError("known-op", f"unknown op '{n.op}'", n, g, where)
@@ -89,4 +114,4 @@ def _verify_region(n: Node, g: Graph, where: str) -> None:
         raise VerifyError("region", f"operands {_fmt([v.type for v in n.inputs])} do not match body inputs {_fmt([v.type for v in b.inputs])}", n, g, where)
     if [v.type for v in n.outputs] != [v.type for v in b.outputs]:
         raise VerifyError("region", f"results {_fmt([v.type for v in n.outputs])} do not match body outputs {_fmt([v.type for v in b.outputs])}", n, g, where)
-    verify(b, where)
+    verify(b, where, _region=True)

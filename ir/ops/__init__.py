@@ -1,3 +1,3 @@
 """All ops, registered on import. See `registry.py` for what an op definition holds."""
-from . import elementwise, linalg, reduce, region, shape  # noqa: F401  (registration side effects)
+from . import attention, elementwise, generate, linalg, nn, reduce, region, shape  # noqa: F401  (registration side effects)
 from .registry import ATTR_KINDS, OPS, REQUIRED, Attr, OpDef, OpError, get_op, norm_axis, register  # noqa: F401

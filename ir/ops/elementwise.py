@@ -57,6 +57,10 @@ UNARY = {
     "ceil": (np.ceil, {}),
     "round": (np.round, {}),   # half to even, as ONNX Round and torch.round
     "sign": (np.sign, {}),
+    "selu": (lambda x, alpha, gamma: x.dtype.type(gamma) * np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(x)),
+             {"alpha": Attr("float", 1.67326319217681884765625), "gamma": Attr("float", 1.05070102214813232421875)}),
+    "shrink": (lambda x, bias, lambd: np.where(x < -lambd, x + x.dtype.type(bias), np.where(x > lambd, x - x.dtype.type(bias), 0)),
+               {"bias": Attr("float", 0.0), "lambd": Attr("float", 0.5)}),
 }
 
 
@@ -79,7 +83,13 @@ for _name, (_fn, _attrs) in UNARY.items():
              _attrs, fn=_fn)
 
 register("identity", "unary", _same_type, lambda x: x)
-register("not", "unary", lambda ts, a: ts[0].with_dtype("bool"), lambda x: np.logical_not(x))
+def _not_infer(ts, attrs):
+    if ts[0].dtype.name != "bool":
+        raise OpError(f"op 'not' needs a bool operand, got {ts[0]}")
+    return ts[0]
+
+
+register("not", "unary", _not_infer, lambda x: np.logical_not(x))
 
 
 def _cast_ref(x, to):
@@ -115,21 +125,25 @@ def _bin_infer(name, result=None, need=None):
 
 
 def _bin_ref(fn):
-    def run(a, b):
+    def run(a, b, **kw):
         if a.dtype.kind == "V" or str(a.dtype) in ("bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"):
-            return np.asarray(fn(a.astype(np.float32), b.astype(np.float32))).astype(a.dtype)
-        return np.asarray(fn(a, b)).astype(a.dtype, copy=False)
+            return np.asarray(fn(a.astype(np.float32), b.astype(np.float32), **kw)).astype(a.dtype)
+        return np.asarray(fn(a, b, **kw)).astype(a.dtype, copy=False)
     return run
 
 
 def _div(a, b):
-    if a.dtype.kind in "iu":  # integer division truncates toward zero (C, ONNX)
-        return np.trunc(np.true_divide(a, np.where(b == 0, 1, b))).astype(a.dtype)
+    if a.dtype.kind in "iu":  # integer division truncates toward zero (C, ONNX), exactly (no float round trip)
+        if np.any(b == 0):
+            raise ZeroDivisionError("integer division by zero")
+        q = np.floor_divide(a, b)
+        return np.where((q < 0) & (q * b != a), q + 1, q).astype(a.dtype)
     return np.true_divide(a, b)
 
 
-def _mod(a, b):
-    return np.mod(a, b)
+def _mod(a, b, fmod=False):
+    """fmod=False: the result takes the divisor's sign (Python, torch.remainder); True: the dividend's (C fmod)."""
+    return np.fmod(a, b) if fmod else np.mod(a, b)
 
 
 def _pow(a, b):
@@ -142,7 +156,8 @@ COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equa
 LOGICAL = {"and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor}
 
 for _name, _fn in BINARY.items():
-    register(_name, "binary", _bin_infer(_name), _bin_ref(_fn), arity=(2, 2), fn=_fn)
+    register(_name, "binary", _bin_infer(_name), _bin_ref(_fn), {"fmod": Attr("bool", False)} if _name == "mod" else None,
+             arity=(2, 2), fn=_fn)
 for _name, _fn in COMPARE.items():
     register(_name, "binary", _bin_infer(_name, result="bool"), (lambda f: lambda a, b: np.asarray(f(a, b)))(_fn), arity=(2, 2), fn=_fn)
 for _name, _fn in LOGICAL.items():

@@ -34,6 +34,8 @@ def _gemm_infer(ts, attrs):
     a, b = ts[0], ts[1]
     if a.rank != 2 or b.rank != 2:
         raise OpError(f"op 'gemm' needs 2-D operands, got {a} and {b}")
+    if any(t.dtype != a.dtype for t in ts):
+        raise OpError(f"op 'gemm': operand dtypes differ ({', '.join(map(str, ts))})")
     m, k = (a.shape[1], a.shape[0]) if attrs["trans_a"] else a.shape
     k2, n = (b.shape[1], b.shape[0]) if attrs["trans_b"] else b.shape
     if k != k2 and isinstance(k, int) and isinstance(k2, int):
@@ -62,10 +64,13 @@ def _norm_axes(axis, rank):
 
 def _layer_norm_infer(ts, attrs):
     x = ts[0]
+    if not x.dtype.is_float or any(t.dtype != x.dtype for t in ts):
+        raise OpError(f"needs float operands of one dtype, got {', '.join(map(str, ts))}")
     axes = _norm_axes(attrs["axis"], x.rank)
     nshape = tuple(x.shape[a] for a in axes)
     for t in ts[1:]:
-        broadcast_shapes(nshape, t.shape)
+        if broadcast_shapes(nshape, t.shape) != nshape:
+            raise OpError(f"weight/bias {t} must broadcast onto the normalized dims [{','.join(map(str, nshape))}]")
     return x
 
 

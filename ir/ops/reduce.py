@@ -40,6 +40,26 @@ for _name, _fn in REDUCE.items():
     register(_name, "reduce", _reduce_infer(_name), _ref, _RATTRS, fn=_fn)
 
 
+def _l2(x, axis, keepdims):
+    return np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def _float_reduce_infer(name):
+    base = _reduce_infer(name)
+
+    def infer(ts, attrs):
+        if not ts[0].dtype.is_float:
+            raise OpError(f"op '{name}' needs a float operand, got {ts[0]}")
+        return base(ts, attrs)
+    return infer
+
+
+for _name, _fn in {"reduce_l2": _l2, "reduce_log_sum_exp": special.logsumexp}.items():
+    def _ref(x, axes, keepdims, _fn=_fn):
+        return np.asarray(_fn(_acc(x), axis=_axes(axes, x.ndim, ""), keepdims=keepdims)).astype(x.dtype)
+    register(_name, "reduce", _float_reduce_infer(_name), _ref, _RATTRS, fn=_fn)
+
+
 def _arg_infer(name):
     def infer(ts, attrs):
         t = ts[0]
@@ -81,9 +101,12 @@ register("log_softmax", "reduce", _float_same("log_softmax"),
 
 def _cumsum(x, axis, exclusive=False, reverse=False):
     y = np.flip(x, axis) if reverse else x
-    r = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if exclusive:
-        r = r - y
+    acc = _acc(y)
+    if exclusive:  # shift by one along the axis (exact, unlike subtracting x again)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (1, 0)
+        acc = np.delete(np.pad(acc, pad), -1, axis=axis)
+    r = np.cumsum(acc, axis=axis, dtype=acc.dtype).astype(x.dtype)
     return np.flip(r, axis) if reverse else r
 
 

@@ -1,7 +1,7 @@
 """The op registry: each op is defined once — attribute schema, type inference, numpy semantics.
 
 `kind` tells passes and lowering which family an op belongs to:
-"unary", "binary", "reduce", "matmul", "conv", "norm", "shape", "misc".
+"unary", "binary", "reduce", "matmul", "conv", "pool", "norm", "attention", "shape", "misc", "region".
 """
 from __future__ import annotations
 
@@ -61,14 +61,23 @@ class OpDef:
         return out
 
     def infer_types(self, types: Sequence[TensorType], attrs: dict) -> list[TensorType]:
-        self.check_arity(len(types))
         try:
+            self.check_arity(len(types))
             out = self.infer(list(types), attrs)
-        except OpError:
-            raise
-        except (ValueError, IndexError, TypeError, KeyError) as e:
-            raise OpError(f"op '{self.name}' on ({', '.join(map(str, types))}): {e}") from None
+        except (OpError, ValueError, IndexError, TypeError, KeyError, ArithmeticError) as e:
+            raise OpError(self.error_text(types, str(e))) from None
         return out if isinstance(out, list) else [out]
+
+    def error_text(self, types: Sequence[TensorType], rule: str) -> str:
+        """"op 'NAME' on (TYPES): RULE" — every construction error names the op, the operand types and the rule."""
+        head = f"op '{self.name}' on ({', '.join(map(str, types))})"
+        if rule.startswith(head):
+            return rule
+        for p in (f"op '{self.name}': ", f"op '{self.name}' ", f"{self.name}: "):
+            if rule.startswith(p):
+                rule = rule[len(p):]
+                break
+        return f"{head}: {rule}"
 
     def run(self, arrays: Sequence[np.ndarray], attrs: dict) -> list[np.ndarray]:
         out = self.ref(*arrays, **attrs)
@@ -92,12 +101,17 @@ def _coerce(op: str, name: str, spec: Attr, v: Any) -> Any:
         elif k == "str":
             if not isinstance(v, str):
                 raise TypeError
+        elif k in ("ints", "floats", "dims") and isinstance(v, (str, bytes)):
+            raise TypeError  # a string is iterable, but never a list attribute
         elif k == "ints":
+            if any(isinstance(x, float) and int(x) != x for x in v):
+                raise TypeError
             v = tuple(int(x) for x in v)
         elif k == "floats":
             v = tuple(float(x) for x in v)
         elif k == "dims":
-            v = tuple(x if isinstance(x, str) else int(x) for x in v)
+            from ..types import canonical_dim
+            v = tuple(canonical_dim(x) for x in v)
         elif k == "dtype":
             v = to_dtype(v).name
     except (TypeError, ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType, dim_div, dim_mul, numel
+from ..types import dim_div, dim_mul, numel
 from .registry import Attr, OpError, norm_axis, register
 
 
@@ -143,6 +143,8 @@ register("expand", "shape", _expand_infer,
 
 def _squeeze_axes(t, axes):
     if axes is None:
+        if not t.static:  # which dims are 1 is only known at run time: the result type would be a guess
+            raise OpError(f"op 'squeeze' without axes needs a static shape, got {t}; give axes")
         return tuple(i for i, d in enumerate(t.shape) if d == 1)
     axes = tuple(norm_axis(a, t.rank, "squeeze") for a in axes)
     for a in axes:
@@ -177,3 +179,83 @@ def _flatten_shape(shape, axis):
 
 register("flatten", "shape", lambda ts, a: ts[0].with_shape(_flatten_shape(ts[0].shape, a["axis"])),
          lambda x, axis: x.reshape(_flatten_shape(x.shape, axis)), {"axis": Attr("int", 1)})
+
+
+# ---- pad (pads = [begin per axis..., end per axis...]; negative pads crop, as ONNX)
+def _pad_axes(t_rank, pads, axes):
+    axes = tuple(range(t_rank)) if axes is None else tuple(norm_axis(a, t_rank, "pad") for a in axes)
+    if len(pads) != 2 * len(axes):
+        raise OpError(f"op 'pad': pads {list(pads)} must have 2 entries per padded axis ({len(axes)} axes)")
+    return {ax: (pads[i], pads[len(axes) + i]) for i, ax in enumerate(axes)}
+
+
+def _pad_infer(ts, a):
+    t = ts[0]
+    per = _pad_axes(t.rank, a["pads"], a["axes"])
+    shape = list(t.shape)
+    for ax, (b, e) in per.items():
+        if b == e == 0:
+            continue
+        if not isinstance(shape[ax], int):
+            raise OpError(f"op 'pad': cannot pad symbolic dim {shape[ax]} of {t}")
+        shape[ax] += b + e
+        if shape[ax] < 0 or (a["mode"] != "constant" and shape[ax] > 0 and t.shape[ax] == 0):
+            raise OpError(f"op 'pad': pads {list(a['pads'])} do not fit {t}")
+        if a["mode"] == "reflect" and max(b, e) >= t.shape[ax]:
+            raise OpError(f"op 'pad': reflect pads {list(a['pads'])} must be smaller than the dims of {t}")
+    return t.with_shape(shape)
+
+
+def _pad(x, pads, mode="constant", value=0.0, axes=None):
+    per = _pad_axes(x.ndim, pads, axes)
+    crop = tuple(slice(max(0, -per.get(i, (0, 0))[0]), x.shape[i] - max(0, -per.get(i, (0, 0))[1])) for i in range(x.ndim))
+    x = x[crop]
+    width = [(max(0, per.get(i, (0, 0))[0]), max(0, per.get(i, (0, 0))[1])) for i in range(x.ndim)]
+    if mode == "constant":
+        return np.pad(x, width, mode="constant", constant_values=np.asarray(value).astype(x.dtype))
+    return np.pad(x, width, mode=mode)
+
+
+register("pad", "shape", _pad_infer, _pad, {"pads": Attr("ints"), "mode": Attr("str", "constant", ("constant", "reflect", "edge")),
+                                            "value": Attr("float", 0.0), "axes": Attr("ints", None)})
+
+
+def _tile_infer(ts, a):
+    t, r = ts[0], a["repeats"]
+    if len(r) != t.rank or min(r, default=1) < 0:
+        raise OpError(f"op 'tile': repeats {list(r)} must have one entry >= 0 per dim of {t}")
+    return t.with_shape([dim_mul(d, k) for d, k in zip(t.shape, r)])
+
+
+register("tile", "shape", _tile_infer, lambda x, repeats: np.tile(x, repeats), {"repeats": Attr("ints")})
+
+
+def _gather_elements_infer(ts, a):
+    x, idx = ts
+    if not idx.dtype.is_int or idx.rank != x.rank:
+        raise OpError(f"op 'gather_elements': indices must be integer with the rank of x, got {x} and {idx}")
+    ax = norm_axis(a["axis"], x.rank, "gather_elements")
+    if any(isinstance(i, int) and isinstance(d, int) and i > d for k, (i, d) in enumerate(zip(idx.shape, x.shape)) if k != ax):
+        raise OpError(f"op 'gather_elements': indices {idx} exceed x {x} outside axis {ax}")
+    return x.with_shape(idx.shape)
+
+
+def _gather_elements(x, idx, axis):
+    axis %= x.ndim
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    # out[i][j] = x[i][idx[i][j]]: the other dims of idx index x directly (no broadcasting)
+    x = x[tuple(slice(None) if d == axis else slice(0, idx.shape[d]) for d in range(x.ndim))]
+    return np.take_along_axis(x, idx.astype(np.int64), axis=axis)
+
+
+register("gather_elements", "shape", _gather_elements_infer, _gather_elements, {"axis": Attr("int", 0)}, arity=(2, 2))
+
+
+def _embedding_infer(ts, a):
+    w, ids = ts
+    if w.rank != 2 or not ids.dtype.is_int:
+        raise OpError(f"op 'embedding' needs a weight [V,D] and integer ids, got {w} and {ids}")
+    return w.with_shape(list(ids.shape) + [w.shape[1]])
+
+
+register("embedding", "shape", _embedding_infer, lambda w, ids: np.take(w, ids, axis=0), arity=(2, 2))

@@ -1,0 +1,137 @@
+"""The cpu backend: kernel IR -> C (+ OpenMP) -> system C compiler -> shared library loaded with ctypes.
+
+The whole model is one exported call, `nnf_run(inputs, outputs, weights, arena)`: weights are passed by
+pointer (the graph's numpy arrays, never copied), temporaries live in one preallocated aligned arena.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from ...ir import Graph, NnfuseError
+from ...ir.kernel import Program
+from .build import BuildError, build, find_compiler, load  # noqa: F401
+from .codegen import ABI_VERSION, generate
+
+
+def default_threads() -> int:
+    n = os.environ.get("NNFUSE_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return int(n) if n and n.isdigit() and int(n) > 0 else (os.cpu_count() or 1)
+
+
+class CpuExecutable:
+    name = "cpu"
+
+    def __init__(self, program: Program, src: str, lib_path: str, cache_hit: bool, compile_s: float, threads: int):
+        self.program = program
+        self._src = src
+        self.lib_path = lib_path
+        self.cache_hit = cache_hit
+        self.compile_s = compile_s
+        self.threads = threads
+        self.lib = load(lib_path)
+        if self.lib.nnf_abi() != ABI_VERSION:
+            raise BuildError(f"{lib_path}: stale cpu backend library (ABI {self.lib.nnf_abi()} != {ABI_VERSION})")
+        from .blas import load_blas
+        blas = load_blas(threads)
+        self.blas = blas is not None
+        self.lib.nnf_set_blas(ctypes.c_void_p(blas[1] if blas else None), ctypes.c_void_p(blas[2] if blas else None))
+        self.lib.nnf_set_threads(ctypes.c_int(threads))
+        self._run = self.lib.nnf_run
+        self._run.argtypes = [ctypes.c_void_p] * 4
+        self._run.restype = ctypes.c_int
+        # weights by pointer: the arrays stay owned by the graph; we keep references so they outlive the library calls
+        self._weights = [np.ascontiguousarray(a) for a in program.const_data]
+        self._wptrs = (ctypes.c_void_p * max(len(self._weights), 1))(*[a.ctypes.data for a in self._weights])
+        self._arena_raw = np.empty(program.arena_bytes + 64, np.uint8)
+        off = (-self._arena_raw.ctypes.data) % 64
+        self._arena = self._arena_raw[off:off + program.arena_bytes]
+        self._arena_ptr = self._arena_raw.ctypes.data + off
+        self._in_dtypes = [b.dtype.np for b in program.inputs]
+        self._out_specs = [(shape, b.dtype.np) for shape, b in zip(program.output_shapes, program.outputs)]
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        p = self.program
+        if len(inputs) != len(p.inputs):
+            raise NnfuseError(f"model takes {len(p.inputs)} inputs, got {len(inputs)}")
+        ins = []
+        for x, b, dt in zip(inputs, p.inputs, self._in_dtypes):
+            a = np.ascontiguousarray(x, dtype=dt)
+            if a.size != b.numel and not (a.size == 0 and b.numel == 1):
+                raise NnfuseError(f"input {b.index}: expected {b.numel} elements of {b.dtype.name}, got shape {list(a.shape)}")
+            ins.append(a)
+        outs = [np.empty(shape, dt) for shape, dt in self._out_specs]
+        ip = (ctypes.c_void_p * max(len(ins), 1))(*[a.ctypes.data for a in ins])
+        op = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data if o.size else None for o in outs])
+        rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
+        if rc != 0:
+            raise NnfuseError(f"cpu backend: model run failed (code {rc})")
+        return outs
+
+    def source(self) -> str:
+        return self._src
+
+    def stats(self) -> dict:
+        s = self.program.stats()
+        s.update({"cache_hit": self.cache_hit, "c_compile_seconds": round(self.compile_s, 3), "threads": self.threads,
+                  "blas": "openblas" if self.blas else "generated-c", "library": self.lib_path})
+        return s
+
+
+class SpecializingExecutable:
+    """For graphs with symbolic dims: compile one specialization per distinct set of input shapes, on first use."""
+    name = "cpu"
+
+    def __init__(self, graph: Graph, threads: int):
+        self.graph = graph
+        self.threads = threads
+        self.variants: dict[tuple, CpuExecutable] = {}
+        self.last: "CpuExecutable | None" = None
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from ...passes.lower import specialize
+        key = tuple(tuple(np.shape(x)) for x in inputs)
+        exe = self.variants.get(key)
+        if exe is None:
+            exe = self.variants[key] = _compile_static(specialize(self.graph, list(key)), self.threads)
+        self.last = exe
+        return exe(inputs)
+
+    @property
+    def program(self):
+        return self.last.program if self.last else None
+
+    def source(self) -> str:
+        return self.last.source() if self.last else "// symbolic shapes: C is generated per input shape on the first call"
+
+    def stats(self) -> dict:
+        s = self.last.stats() if self.last else {}
+        s["specializations"] = len(self.variants)
+        return s
+
+
+def _compile_static(graph: Graph, threads: int) -> CpuExecutable:
+    from ...passes.lower import lower
+    find_compiler()
+    program = lower(graph)
+    src = generate(program)
+    path, hit, secs = build(src)
+    return CpuExecutable(program, src, path, hit, secs, threads)
+
+
+def compile_graph(graph: Graph, threads: int = 0, **options):
+    """Lower a graph to kernel IR, generate C, build (cached) and load it. Symbolic input dims: specialize per call shape."""
+    threads = threads or default_threads()
+    if any(not isinstance(d, int) for v in graph.inputs for d in v.shape):
+        from ...passes.lower import Lowering
+        probe = Lowering(graph)
+        unsupported = sorted({n.op for n, _ in probe.flatten(graph, "") if not probe.supported(n)})
+        if unsupported:
+            from ...passes.lower import LowerError
+            raise LowerError(f"not supported on cpu backend: ops {', '.join(unsupported)} (use backend='reference' for these models)")
+        return SpecializingExecutable(graph, threads)
+    return _compile_static(graph, threads)

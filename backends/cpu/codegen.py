@@ -1,0 +1,686 @@
+"""C source from a kernel IR Program: one static function per kernel plus the exported `nnf_run`.
+
+Only generated identifiers (k0, t3, w1, in0, out0) reach the source; model names appear nowhere in it.
+Loops are shaped for the auto-vectorizer: contiguous innermost loops, restrict pointers, a 64-byte aligned
+arena, and polynomial exp/tanh/erf written as plain arithmetic so they vectorize.
+"""
+from __future__ import annotations
+
+import math
+
+from ...ir.dtypes import DType
+from ...ir.kernel import (Access, Arg, Buffer, Const, Conv, Expr, Gemm, Kernel, Load, Op, Pointwise, Program, Reduce,
+                          RowNorm, Var)
+from ...ir.errors import NnfuseError
+
+CTYPE = {"f64": "double", "f32": "float", "f16": "_Float16", "bf16": "uint16_t", "i64": "int64_t", "i32": "int32_t",
+         "i16": "int16_t", "i8": "int8_t", "u8": "uint8_t", "bool": "uint8_t"}
+ABI_VERSION = 1
+
+
+class CodegenError(NnfuseError):
+    pass
+
+
+def ctype(dt: DType) -> str:
+    if dt.name not in CTYPE:
+        raise CodegenError(f"dtype {dt.name} is not supported on the cpu backend (supported: {', '.join(CTYPE)})")
+    return CTYPE[dt.name]
+
+
+def comp(dt: DType) -> str:
+    """The C type arithmetic happens in."""
+    return "float" if dt.name in ("f16", "bf16") else ctype(dt)
+
+
+PRELUDE = r"""#include <stdint.h>
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+#include <omp.h>
+
+typedef void (*nnf_sgemm_t)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+typedef void (*nnf_dgemm_t)(int, int, int, int, int, int, double, const double*, int, const double*, int, double, double*, int);
+static nnf_sgemm_t nnf_sgemm = 0;
+static nnf_dgemm_t nnf_dgemm = 0;
+void nnf_set_blas(void* s, void* d) { nnf_sgemm = (nnf_sgemm_t)s; nnf_dgemm = (nnf_dgemm_t)d; }
+void nnf_set_threads(int n) { if (n > 0) omp_set_num_threads(n); }
+int nnf_abi(void) { return %(abi)d; }
+
+typedef union { float f; int32_t i; uint32_t u; } nnf_fi;
+static inline float nnf_bf16_to_f(uint16_t h) { nnf_fi v; v.u = ((uint32_t)h) << 16; return v.f; }
+static inline uint16_t nnf_f_to_bf16(float f) {
+  nnf_fi v; v.f = f;
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
+  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+/* exp: Cephes-style range reduction + degree-6 polynomial; arithmetic only, so loops vectorize. */
+static inline float nnf_exp(float x) {
+  float xc = fminf(fmaxf(x, -87.3f), 88.3f);
+  float k = nearbyintf(xc * 1.44269504088896341f);
+  float r = xc - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  nnf_fi s; s.i = ((int32_t)k + 127) << 23;
+  float y = p * s.f;
+  y = x < -87.3f ? 0.0f : y;
+  y = x > 88.72f ? INFINITY : y;
+  return x != x ? x : y;
+}
+static inline float nnf_tanh(float x) {
+  float ax = fabsf(x);
+  float e = nnf_exp(-2.0f * ax);
+  float t = (1.0f - e) / (1.0f + e);
+  float x2 = x * x;
+  float small = x * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * -0.053968254f)));
+  float big = x < 0 ? -t : t;
+  return ax < 0.0625f ? small : big;
+}
+/* erf: Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7). */
+static inline float nnf_erf(float x) {
+  float ax = fabsf(x);
+  float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float y = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  y = 1.0f - y * nnf_exp(-ax * ax);
+  return x < 0 ? -y : y;
+}
+static inline float nnf_sigmoid(float x) { return 1.0f / (1.0f + nnf_exp(-x)); }
+static inline float nnf_gelu(float x) { return 0.5f * x * (1.0f + nnf_erf(x * 0.70710678118654752f)); }
+static inline float nnf_gelu_tanh(float x) { return 0.5f * x * (1.0f + nnf_tanh(0.79788456080286536f * (x + 0.044715f * x * x * x))); }
+static inline double nnf_sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+static inline float nnf_maxf(float a, float b) { return (a > b || a != a) ? a : b; }
+static inline float nnf_minf(float a, float b) { return (a < b || a != a) ? a : b; }
+static inline double nnf_maxd(double a, double b) { return (a > b || a != a) ? a : b; }
+static inline double nnf_mind(double a, double b) { return (a < b || a != a) ? a : b; }
+static inline float nnf_modf(float a, float b) { float r = fmodf(a, b); return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+static inline double nnf_modd(double a, double b) { double r = fmod(a, b); return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+static inline int64_t nnf_modi(int64_t a, int64_t b) { if (b == 0) return 0; int64_t r = a %% b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
+static inline int64_t nnf_divi(int64_t a, int64_t b) { return b == 0 ? a : a / b; }
+/* One single-threaded gemm C = alpha * op(A) @ op(B) (row-major; ta/tb are CBLAS 111/112): BLAS or a portable loop. */
+#define NNF_GEMM1(NAME, T, BLAS)                                                                                   \
+static void NAME(int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha, const T* A, int64_t lda,            \
+                 const T* B, int64_t ldb, T* C, int64_t ldc) {                                                      \
+  if (BLAS) { BLAS(101, ta, tb, (int)M, (int)N, (int)K, (T)alpha, A, (int)lda, B, (int)ldb, (T)0, C, (int)ldc); return; } \
+  for (int64_t m = 0; m < M; m++) {                                                                                \
+    T* restrict c = C + m * ldc;                                                                                   \
+    for (int64_t n = 0; n < N; n++) c[n] = 0;                                                                      \
+    for (int64_t k = 0; k < K; k++) {                                                                              \
+      T a = (T)alpha * (ta == 112 ? A[k * lda + m] : A[m * lda + k]);                                              \
+      if (tb == 112) { for (int64_t n = 0; n < N; n++) c[n] += a * B[n * ldb + k]; }                               \
+      else { const T* restrict b = B + k * ldb; for (int64_t n = 0; n < N; n++) c[n] += a * b[n]; }                \
+    }                                                                                                              \
+  }                                                                                                                \
+}
+NNF_GEMM1(nnf_gemm1_f32, float, nnf_sgemm)
+NNF_GEMM1(nnf_gemm1_f64, double, nnf_dgemm)
+/* C = op(A) @ B, the threads splitting N (f32; used by conv). */
+static void nnf_gemm_f32(int ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  #pragma omp parallel if(M * N * K >= 65536)
+  {
+    int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int64_t blk = ((N + nt - 1) / nt + 15) / 16 * 16, n0 = t * blk, n1 = n0 + blk < N ? n0 + blk : N;
+    if (n0 < n1) nnf_gemm1_f32(ta ? 112 : 111, 111, M, n1 - n0, K, 1.0, A, lda, B + n0, ldb, C + n0, ldc);
+  }
+}
+static inline int64_t nnf_powi(int64_t a, int64_t b) { int64_t r = 1; if (b < 0) return a == 1 ? 1 : 0; while (b--) r *= a; return r; }
+"""
+
+
+def _lit(v, dt: DType) -> str:
+    c = comp(dt)
+    if dt.is_float:
+        v = float(v)
+        if math.isnan(v):
+            return "NAN" if c == "float" else "(double)NAN"
+        if math.isinf(v):
+            return ("INFINITY" if v > 0 else "-INFINITY") if c == "float" else ("(double)INFINITY" if v > 0 else "-(double)INFINITY")
+        return f"{v!r}f" if c == "float" else f"{v!r}"
+    if dt.name == "bool":
+        return "1" if v else "0"
+    return f"(({c}){int(v)}LL)"
+
+
+class CEmitter:
+    """Expressions -> C strings, given a name for each loop variable and each structured argument."""
+
+    def __init__(self, bufname, varname, args: dict):
+        self.bufname = bufname     # Buffer -> C pointer identifier
+        self.varname = varname     # axis -> C expression of the loop index
+        self.args = args           # Arg name -> C expression
+
+    def index(self, acc: Access, indirect=()) -> str:
+        terms = [str(acc.offset)] if acc.offset else []
+        for k, s in enumerate(acc.strides):
+            if s:
+                terms.append(self.varname(k) if s == 1 else f"{s}*{self.varname(k)}")
+        for ie, st in indirect:
+            terms.append(f"{st}*(int64_t)({self.expr(ie)})")
+        return " + ".join(terms) or "0"
+
+    def load(self, e: Load) -> str:
+        ref = f"{self.bufname(e.access.buf)}[{self.index(e.access, e.indirect)}]"
+        if e.dtype.name == "bf16":
+            return f"nnf_bf16_to_f({ref})"
+        if e.dtype.name == "f16":
+            return f"(float){ref}"
+        return ref
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, Const):
+            return _lit(e.value, e.dtype)
+        if isinstance(e, Var):
+            return f"(({comp(e.dtype)}){self.varname(e.axis)})"
+        if isinstance(e, Arg):
+            return self.args[e.name]
+        if isinstance(e, Op):
+            return self.op(e)
+        raise CodegenError(f"cannot emit {type(e).__name__}")
+
+    def op(self, e: Op) -> str:
+        a = [self.expr(x) for x in e.args]
+        dt = e.dtype
+        c = comp(dt)
+        src_dt = e.args[0].dtype if e.args else dt
+        sc = comp(src_dt)
+        isf = sc in ("float", "double")
+        dbl = sc == "double"
+        name = e.op
+        bin_ops = {"add": "+", "sub": "-", "mul": "*"}
+        if name in bin_ops:
+            return f"(({c})({a[0]} {bin_ops[name]} {a[1]}))"
+        if name == "div":
+            return f"({a[0]} / {a[1]})" if isf else f"(({c})nnf_divi({a[0]}, {a[1]}))"
+        if name in ("eq", "ne", "lt", "le", "gt", "ge"):
+            sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
+            return f"(({a[0]}) {sym} ({a[1]}))"
+        if name in ("and", "or", "xor"):
+            sym = {"and": "&&", "or": "||", "xor": "!="}[name]
+            return f"((uint8_t)(({a[0]} != 0) {sym} ({a[1]} != 0)))"
+        if name == "not":
+            return f"((uint8_t)!({a[0]}))"
+        if name in ("max", "min"):
+            if isf:
+                return f"nnf_{name}{'d' if dbl else 'f'}({a[0]}, {a[1]})"
+            cmp = ">" if name == "max" else "<"
+            return f"({{ {c} _a = {a[0]}, _b = {a[1]}; _a {cmp} _b ? _a : _b; }})"
+        if name == "mod":
+            return f"nnf_mod{'d' if dbl else 'f'}({a[0]}, {a[1]})" if isf else f"(({c})nnf_modi({a[0]}, {a[1]}))"
+        if name == "pow":
+            return f"{'pow' if dbl else 'powf'}({a[0]}, {a[1]})" if isf else f"(({c})nnf_powi({a[0]}, {a[1]}))"
+        if name == "prelu":
+            return f"({{ {c} _x = {a[0]}; _x >= 0 ? _x : _x * ({a[1]}); }})"
+        if name == "where":
+            return f"(({a[0]}) ? ({a[1]}) : ({a[2]}))"
+        if name == "cast":
+            if dt.name == "bool":
+                return f"((uint8_t)(({a[0]}) != 0))"
+            if dt.is_int and isf:   # float -> int: truncation toward zero, like C
+                return f"(({c})({a[0]}))"
+            return f"(({c})({a[0]}))"
+        if name == "identity":
+            return a[0]
+        if name == "clip":
+            x = a[0]
+            lo, hi = e.attr("min"), e.attr("max")
+            s = x
+            if lo is not None:
+                s = f"({{ {c} _x = {s}; _x < {_lit(lo, dt)} ? {_lit(lo, dt)} : _x; }})"
+            if hi is not None:
+                s = f"({{ {c} _x = {s}; _x > {_lit(hi, dt)} ? {_lit(hi, dt)} : _x; }})"
+            return s
+        if not isf:
+            int_unary = {"neg": f"(({c})-({a[0]}))", "abs": f"({{ {c} _x = {a[0]}; _x < 0 ? ({c})-_x : _x; }})",
+                         "relu": f"({{ {c} _x = {a[0]}; _x < 0 ? 0 : _x; }})",
+                         "sign": f"({{ {c} _x = {a[0]}; ({c})((_x > 0) - (_x < 0)); }})"}
+            if name in int_unary:
+                return int_unary[name]
+            raise CodegenError(f"op '{name}' on {src_dt.name} is not supported on the cpu backend")
+        return self.float_unary(name, a[0], e, dbl)
+
+    def float_unary(self, name: str, x: str, e: Op, dbl: bool) -> str:
+        f = "" if dbl else "f"
+        T = "double" if dbl else "float"
+        one = "1.0" if dbl else "1.0f"
+        lib = {"exp": f"exp({x})" if dbl else f"nnf_exp({x})", "log": f"log{f}({x})", "sqrt": f"sqrt{f}({x})",
+               "rsqrt": f"({one} / sqrt{f}({x}))", "reciprocal": f"({one} / ({x}))",
+               "tanh": f"tanh({x})" if dbl else f"nnf_tanh({x})",
+               "sigmoid": f"nnf_sigmoid_d({x})" if dbl else f"nnf_sigmoid({x})",
+               "erf": f"erf({x})" if dbl else f"nnf_erf({x})", "sin": f"sin{f}({x})", "cos": f"cos{f}({x})",
+               "floor": f"floor{f}({x})", "ceil": f"ceil{f}({x})", "round": f"nearbyint{f}({x})",
+               "neg": f"(-({x}))", "abs": f"fabs{f}({x})"}
+        if name in lib:
+            return lib[name]
+        if name == "relu":
+            return f"({{ {T} _x = {x}; _x < 0 ? 0 : _x; }})"
+        if name == "sign":
+            return f"({{ {T} _x = {x}; _x != _x ? _x : ({T})((_x > 0) - (_x < 0)); }})"
+        if name == "leaky_relu":
+            return f"({{ {T} _x = {x}; _x >= 0 ? _x : _x * ({T}){e.attr('alpha', 0.01)!r}; }})"
+        if name == "elu":
+            ex = f"exp(_x)" if dbl else "nnf_exp(_x)"
+            return f"({{ {T} _x = {x}; _x > 0 ? _x : ({T}){e.attr('alpha', 1.0)!r} * ({ex} - 1); }})"
+        if name == "gelu":
+            if dbl:
+                if e.attr("approximate", "none") == "tanh":
+                    return f"({{ double _x = {x}; 0.5 * _x * (1 + tanh(0.79788456080286536 * (_x + 0.044715 * _x * _x * _x))); }})"
+                return f"({{ double _x = {x}; 0.5 * _x * (1 + erf(_x * 0.70710678118654752)); }})"
+            return f"nnf_gelu_tanh({x})" if e.attr("approximate", "none") == "tanh" else f"nnf_gelu({x})"
+        if name == "silu":
+            return f"({{ {T} _x = {x}; _x * {'nnf_sigmoid_d' if dbl else 'nnf_sigmoid'}(_x); }})"
+        if name == "softplus":
+            ex = "exp" if dbl else "nnf_exp"
+            return f"({{ {T} _x = {x}; ({T})(fmax{f}(_x, 0) + log1p{f}({ex}(-fabs{f}(_x)))); }})"
+        if name == "hard_sigmoid":
+            al, be = e.attr("alpha", 0.2), e.attr("beta", 0.5)
+            return f"({{ {T} _x = {x} * ({T}){al!r} + ({T}){be!r}; _x < 0 ? 0 : (_x > 1 ? 1 : _x); }})"
+        if name == "selu":
+            al, ga = e.attr("alpha", 1.67326319217681884765625), e.attr("gamma", 1.05070102214813232421875)
+            ex = "exp(_x)" if dbl else "nnf_exp(_x)"
+            return f"({{ {T} _x = {x}; ({T}){ga!r} * (_x > 0 ? _x : ({T}){al!r} * ({ex} - 1)); }})"
+        if name == "shrink":
+            bi, la = e.attr("bias", 0.0), e.attr("lambd", 0.5)
+            return f"({{ {T} _x = {x}; _x < -({T}){la!r} ? _x + ({T}){bi!r} : (_x > ({T}){la!r} ? _x - ({T}){bi!r} : 0); }})"
+        if name == "hard_swish":
+            return f"({{ {T} _x = {x}; {T} _h = _x / 6 + ({T})0.5; _x * (_h < 0 ? 0 : (_h > 1 ? 1 : _h)); }})"
+        raise CodegenError(f"op '{name}' is not supported on the cpu backend")
+
+
+def store(bufname, acc_buf: Buffer, ref: str, value: str) -> str:
+    if acc_buf.dtype.name == "bf16":
+        return f"{ref} = nnf_f_to_bf16({value});"
+    if acc_buf.dtype.name == "f16":
+        return f"{ref} = (_Float16)({value});"
+    return f"{ref} = {value};"
+
+
+# ---------------------------------------------------------------- kernels
+class KernelWriter:
+    def __init__(self, k: Kernel):
+        self.k = k
+        self.bufs = k.buffers()
+        self.pname = {id(b): f"p{j}" for j, b in enumerate(self.bufs)}
+        self.written = {id(a.buf) for a in k.writes()}
+
+    def signature(self) -> str:
+        ps = []
+        for b in self.bufs:
+            const = "" if id(b) in self.written else "const "
+            ps.append(f"{const}{ctype(b.dtype)}* restrict {self.pname[id(b)]}")
+        return f"static void {self.k.name}({', '.join(ps) or 'void'})"
+
+    def bn(self, b: Buffer) -> str:
+        return self.pname[id(b)]
+
+    def emitter(self, names: list[str], args: dict | None = None) -> CEmitter:
+        return CEmitter(self.bn, lambda k: names[k], args or {})
+
+    def write(self) -> str:
+        k = self.k
+        body = {Pointwise: self.pointwise, Reduce: self.reduce, RowNorm: self.rownorm, Gemm: self.gemm, Conv: self.conv}.get(type(k))
+        if body is None:
+            raise CodegenError(f"kernel kind {k.kind} is not supported by the cpu backend yet")
+        return f"{self.signature()} {{\n{body()}}}\n"
+
+    def loops(self, dims, names, inner: str, par_axis, indent="  ", collapse_ok=True) -> str:
+        if not dims:
+            return f"{indent}{{ {inner} }}\n"
+        out = ""
+        for ax, (d, nm) in enumerate(zip(dims, names)):
+            pad = indent + "  " * ax
+            if ax == par_axis == 0:
+                col = ""
+                if collapse_ok and len(dims) >= 3 and dims[0] < 8:
+                    col = " collapse(2)"
+                out += f"{pad}#pragma omp parallel for schedule(static){col}\n"
+            out += f"{pad}for (int64_t {nm} = 0; {nm} < {d}; {nm}++) {{\n"
+        out += indent + "  " * len(dims) + inner + "\n"
+        for ax in reversed(range(len(dims))):
+            out += indent + "  " * ax + "}\n"
+        return out
+
+    def pointwise(self) -> str:
+        k: Pointwise = self.k
+        names = [f"i{j}" for j in range(len(k.domain))]
+        em = self.emitter(names)
+        stmts = []
+        for acc, e in k.stores:
+            ref = f"{self.bn(acc.buf)}[{em.index(acc)}]"
+            stmts.append(store(self.bn, acc.buf, ref, em.expr(e)))
+        return self.loops(k.domain, names, " ".join(stmts), k.schedule.parallel_axis)
+
+    def reduce(self) -> str:
+        k: Reduce = self.k
+        no, nr = len(k.domain), len(k.rdomain)
+        names = [f"i{j}" for j in range(no + nr)]
+        dt = k.body.dtype
+        c = comp(dt)
+        em = self.emitter(names)
+        isf = c in ("float", "double")
+        comb = k.combine
+        inf = "INFINITY" if isf else ("INT64_MAX" if c == "int64_t" else f"(({c})(~(({'u' if 'u' in c else ''}int64_t)0) >> 1))")
+        if not isf and c != "int64_t":
+            lim = {"int32_t": ("INT32_MIN", "INT32_MAX"), "int16_t": ("INT16_MIN", "INT16_MAX"), "int8_t": ("INT8_MIN", "INT8_MAX"),
+                   "uint8_t": ("0", "UINT8_MAX")}[c]
+        elif not isf:
+            lim = ("INT64_MIN", "INT64_MAX")
+        else:
+            lim = ("-INFINITY", "INFINITY")
+        del inf
+        init = {"sum": "0", "prod": "1", "max": lim[0], "min": lim[1], "argmax": lim[0], "argmin": lim[1]}[comb]
+        v = em.expr(k.body)
+        if comb in ("argmax", "argmin"):
+            rel = (">=" if k.select_last else ">") if comb == "argmax" else ("<=" if k.select_last else "<")
+            nanchk = " || (_v != _v && _r == _r)" if isf else ""
+            inner = f"{{ {c} _v = {v}; if (_v {rel} _r{nanchk}) {{ _r = _v; _idx = {names[no]}; }} }}"
+            red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
+            pre = f"{c} _r = {init}; int64_t _idx = 0;"
+            if comb == "argmax":
+                pre = f"{c} _r = {names[no]}_first; int64_t _idx = 0;"
+            res = "_idx"
+            pre = f"{c} _r = {init}; int64_t _idx = 0; int _seen = 0;"
+            inner = (f"{{ {c} _v = {v}; if (!_seen || _v {rel} _r{nanchk}) {{ _r = _v; _idx = {names[no]}; _seen = 1; }} }}")
+            red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
+        else:
+            combine = {"sum": "_r += _v;", "prod": "_r *= _v;",
+                       "max": "_r = (_v > _r || _v != _v) ? _v : _r;" if isf else "_r = _v > _r ? _v : _r;",
+                       "min": "_r = (_v < _r || _v != _v) ? _v : _r;" if isf else "_r = _v < _r ? _v : _r;"}[comb]
+            inner = f"{{ {c} _v = {v}; {combine} }}"
+            red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
+            if comb == "sum" and nr:
+                red_loops = red_loops.replace(f"for (int64_t {names[-1]}", f"_Pragma(\"omp simd reduction(+:_r)\")\n    for (int64_t {names[-1]}", 1) if nr == 1 else red_loops
+            pre = f"{c} _r = {init};"
+            res = "_r"
+        em2 = self.emitter(names, {"red": res})
+        post = em2.expr(k.post) if k.post is not None else res
+        ref = f"{self.bn(k.out.buf)}[{em.index(k.out)}]"
+        inner_all = f"{pre}\n{red_loops}    {store(self.bn, k.out.buf, ref, post)}"
+        return self.loops(k.domain, names[:no], inner_all, k.schedule.parallel_axis, collapse_ok=False)
+
+    def rownorm(self) -> str:
+        k: RowNorm = self.k
+        no = len(k.domain)
+        names = [f"i{j}" for j in range(no + 1)]
+        r = names[no]
+        em = self.emitter(names)
+        R = k.row
+        x = em.expr(k.x)
+        orf = f"{self.bn(k.out.buf)}[{em.index(k.out)}]"
+        heap = R > 16384
+        decl = (f"float* restrict _t = (float*)malloc(sizeof(float) * {R});" if heap else f"float _t[{R}];")
+        fin = "free(_t);" if heap else ""
+        loop = lambda body: f"    for (int64_t {r} = 0; {r} < {R}; {r}++) {{ {body} }}\n"  # noqa: E731
+        simd = lambda red: f"    _Pragma(\"omp simd reduction({red})\")\n"  # noqa: E731
+        w = em.expr(k.weight) if k.weight is not None else None
+        b = em.expr(k.bias) if k.bias is not None else None
+        s = f"{decl}\n"
+        if k.norm in ("softmax", "log_softmax"):
+            s += "    float _m = -INFINITY;\n" + loop(f"float _v = {x}; _t[{r}] = _v; _m = _v > _m ? _v : _m;")
+            s += "    float _s = 0.0f;\n"
+            if k.norm == "softmax":
+                s += "    if (_m == -INFINITY) _m = 0.0f;\n"
+                s += simd("+:_s") + loop(f"float _e = nnf_exp(_t[{r}] - _m); _t[{r}] = _e; _s += _e;")
+                s += "    float _inv = 1.0f / _s;\n"
+                s += loop(store(self.bn, k.out.buf, orf, f"_t[{r}] * _inv"))
+            else:
+                s += simd("+:_s") + loop(f"_s += nnf_exp(_t[{r}] - _m);")
+                s += "    float _ls = _m + logf(_s);\n"
+                s += loop(store(self.bn, k.out.buf, orf, f"_t[{r}] - _ls"))
+        else:
+            s += "    float _s = 0.0f;\n" + simd("+:_s") + loop(f"float _v = {x}; _t[{r}] = _v; _s += _v;")
+            if k.norm == "layer_norm":
+                s += f"    float _mu = _s / {R}.0f; float _q = 0.0f;\n"
+                s += simd("+:_q") + loop(f"float _d = _t[{r}] - _mu; _q += _d * _d;")
+                s += f"    float _rs = 1.0f / sqrtf(_q / {R}.0f + {float(k.eps)!r}f);\n"
+                val = f"(_t[{r}] - _mu) * _rs"
+            else:
+                s = f"{decl}\n    float _q = 0.0f;\n" + simd("+:_q") + loop(f"float _v = {x}; _t[{r}] = _v; _q += _v * _v;")
+                s += f"    float _rs = 1.0f / sqrtf(_q / {R}.0f + {float(k.eps)!r}f);\n"
+                val = f"_t[{r}] * _rs"
+            if w is not None:
+                val = f"({val}) * ({w})"
+            if b is not None:
+                val = f"({val}) + ({b})"
+            s += loop(store(self.bn, k.out.buf, orf, val))
+        s += f"    {fin}"
+        if comp(k.x.dtype) != "float":
+            raise CodegenError(f"{k.norm} on {k.x.dtype.name} is not supported on the cpu backend")
+        return self.loops(k.domain, names[:no], s, k.schedule.parallel_axis, collapse_ok=False)
+
+    def gemm(self) -> str:
+        k: Gemm = self.k
+        nb = len(k.batch)
+        bn_ = [f"b{j}" for j in range(nb)]
+        dt = k.out.buf.dtype
+        c = comp(dt)
+        if not isinstance(k.b, Access):
+            raise CodegenError("quantized gemm operands are not supported on the cpu backend yet")
+        A, B, O = k.a, k.b, k.out
+
+        def base(acc: Access) -> str:
+            terms = [str(acc.offset)] + [f"{s}*{bn_[j]}" for j, s in enumerate(acc.strides[:nb]) if s]
+            return " + ".join(terms)
+        ldo = O.strides[-1 - 1] if k.m > 1 else k.n
+        names = bn_ + ["_m", "_n"]
+        epi_em = self.emitter(names, {"acc": "_acc"})
+        oref = f"_O[_m*{O.strides[-2]} + _n]"
+        epi = epi_em.expr(k.epilogue) if k.epilogue is not None else None
+        s = ""
+        typed = ctype(A.buf.dtype) == c == ctype(B.buf.dtype) == ctype(O.buf.dtype) and c in ("float", "double")
+        if typed:
+            return self.gemm_blas(k, c, base, bn_, epi)
+        s += f"      {ctype(O.buf.dtype)}* restrict _O = {self.bn(O.buf)} + {base(O)};\n"
+        s += self._loop_gemm(k, c, base, "_O", simd=False, direct_epi=epi, oref=oref)
+        out = ""
+        for j, d in enumerate(k.batch):
+            out += f"  {'  ' * j}for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++) {{\n"
+        out += "    {\n" + s + "    }\n"
+        for j in reversed(range(nb)):
+            out += f"  {'  ' * j}}}\n"
+        return out
+
+    def gemm_blas(self, k: Gemm, c: str, base, bn_, epi) -> str:
+        """f32/f64 gemm through BLAS (single-threaded calls; we own the threads, so one pool, no oversubscription).
+        Many batches: OpenMP over batches. Otherwise each thread takes a slice of N (weights read once) or of M,
+        and applies the epilogue to its own slice while it is still in cache."""
+        A, B, O = k.a, k.b, k.out
+        nb = len(k.batch)
+        ta, lda = _blas_layout(A, k.m, k.k)
+        tb, ldb = _blas_layout(B, k.k, k.n)
+        ldo = max(O.strides[-2] if k.m > 1 else k.n, 1)
+        fn = "nnf_gemm1_f32" if c == "float" else "nnf_gemm1_f64"
+        nbatch = math.prod(k.batch) if nb else 1
+        work = nbatch * k.m * k.n * k.k
+        a_ptr, b_ptr = f"{self.bn(A.buf)} + {base(A)}", f"{self.bn(B.buf)} + {base(B)}"
+        oref = f"_O[_m*{ldo} + _n]"
+        epi_loop = (lambda m0, m1, n0, n1: f"for (int64_t _m = {m0}; _m < {m1}; _m++) for (int64_t _n = {n0}; _n < {n1}; _n++) "
+                    f"{{ {c} _acc = {oref}; {oref} = {epi}; }}") if epi is not None else (lambda *a: "")
+        out = ""
+        if nb and nbatch >= 2 and work >= 32768:
+            col = f" collapse({nb})" if nb > 1 else ""
+            out += f"  #pragma omp parallel for schedule(static){col}\n"
+            for j, d in enumerate(k.batch):
+                out += f"  {'  ' * j}for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
+            out += (f"  {{\n    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+                    f"    {fn}({ta}, {tb}, {k.m}, {k.n}, {k.k}, {k.alpha!r}, {a_ptr}, {lda}, {b_ptr}, {ldb}, _O, {ldo});\n"
+                    f"    {epi_loop(0, k.m, 0, k.n)}\n  }}\n")
+            return out
+        for j, d in enumerate(k.batch):
+            out += f"  for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
+        split_n = k.n >= 128 or k.n >= k.m
+        par = work >= 65536
+        out += f"  {{\n    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+        out += f"    #pragma omp parallel if({1 if par else 0})\n    {{\n"
+        out += "      int64_t _nt = omp_get_num_threads(), _t = omp_get_thread_num();\n"
+        if split_n:
+            # slices of N rounded to 16 columns (one AVX-512 vector)
+            out += (f"      int64_t _blk = (({k.n} + _nt - 1) / _nt + 15) / 16 * 16;\n"
+                    f"      int64_t _n0 = _t * _blk, _n1 = _n0 + _blk < {k.n} ? _n0 + _blk : {k.n};\n"
+                    f"      if (_n0 < _n1) {{\n"
+                    f"        {fn}({ta}, {tb}, {k.m}, _n1 - _n0, {k.k}, {k.alpha!r}, {a_ptr}, {lda}, "
+                    f"{b_ptr} + _n0*{ldb if tb == 112 else 1}, {ldb}, _O + _n0, {ldo});\n"
+                    f"        {epi_loop(0, k.m, '_n0', '_n1')}\n      }}\n")
+        else:
+            out += (f"      int64_t _blk = ({k.m} + _nt - 1) / _nt;\n"
+                    f"      int64_t _m0 = _t * _blk, _m1 = _m0 + _blk < {k.m} ? _m0 + _blk : {k.m};\n"
+                    f"      if (_m0 < _m1) {{\n"
+                    f"        {fn}({ta}, {tb}, _m1 - _m0, {k.n}, {k.k}, {k.alpha!r}, {a_ptr} + _m0*{lda if ta == 111 else 1}, {lda}, "
+                    f"{b_ptr}, {ldb}, _O + _m0*{ldo}, {ldo});\n"
+                    f"        {epi_loop('_m0', '_m1', 0, k.n)}\n      }}\n")
+        out += "    }\n  }\n"
+        return out
+
+    def conv(self) -> str:
+        """Per (image, group): im2col into the arena scratch (skipped for 1x1/stride 1), then one gemm; epilogue after.
+        conv_transpose: one gemm into the scratch (W^T x), then col2im scatter-add into the zeroed output."""
+        k: Conv = self.k
+        if comp(k.out.buf.dtype) != "float" or ctype(k.x.buf.dtype) != "float" or ctype(k.w.buf.dtype) != "float":
+            raise CodegenError("conv is supported for f32 only on the cpu backend")
+        nd = len(k.kernel)
+        N, C = k.in_shape[:2]
+        M = k.out_shape[1]
+        isp, osp, ks = tuple(k.in_shape[2:]), tuple(k.out_shape[2:]), tuple(k.kernel)
+        G = k.group
+        X, Wt, O = k.x, k.w, k.out
+        sxn, sxc = X.strides[0], X.strides[1]
+        son, som = O.strides[0], O.strides[1]
+        x, w, o = self.bn(X.buf), self.bn(Wt.buf), self.bn(O.buf)
+        KK = math.prod(ks)
+        tr = k.meta.get("transpose", False)
+        # im2col/col2im geometry: "small" is the side indexed by the kernel taps (output for conv, input for transpose)
+        small, big = (osp, isp) if not tr else (isp, osp)
+        SP, BP = math.prod(small), math.prod(big)
+        Cg, Mg = C // G, M // G
+        s = f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+        s += f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+        s += f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
+
+        def taps(rows: int, inner: str, zero: str, par: str) -> str:
+            """For each col row (_c, _k0.._k{nd-1}) and small-side position: the big-side index. Outer dims skip invalid
+            rows; the innermost dim runs over its valid range [_lo, _hi) only (no per-element masks to vectorize)."""
+            t = f"    #pragma omp parallel for schedule(static)\n    {par} {{\n"
+            t += f"      int64_t _c = _r / {KK}; (void)_c;\n"
+            rem = KK
+            for j in range(nd):
+                rem //= ks[j]
+                t += f"      int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
+            t += f"      float* restrict _d = {self.bn(k.col.buf)} + {k.col.offset} + _r*{SP};\n"
+            ind = "      "
+            for j in range(nd - 1):
+                t += f"{ind}for (int64_t _o{j} = 0; _o{j} < {small[j]}; _o{j}++) {{\n"
+                ind += "  "
+                t += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+            soff = " + ".join([f"_o{j}*{math.prod(small[j + 1:])}" for j in range(nd - 1)] + ["0"])
+            boff = " + ".join([f"_i{j}*{math.prod(big[j + 1:])}" for j in range(nd - 1)] + ["0"])
+            L = nd - 1
+            st, dl, pd = k.strides[L], k.dilations[L], k.pads[L]
+            t += f"{ind}float* restrict _dr = _d + {soff}; (void)_dr;\n"
+            if nd > 1:
+                cond = " || ".join(f"_i{j} < 0 || _i{j} >= {big[j]}" for j in range(nd - 1))
+                t += f"{ind}if ({cond}) {{ {zero} continue; }}\n"
+            t += f"{ind}int64_t _b0 = {boff}; int64_t _sh = _k{L}*{dl} - {pd};\n"
+            # valid o: 0 <= o*st + _sh < big  <=>  o in [ceil(-_sh/st), ceil((big - _sh)/st))
+            t += (f"{ind}int64_t _lo = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st}; int64_t _hi = {big[L]} - _sh <= 0 ? 0 : "
+                  f"({big[L]} - _sh + {st - 1}) / {st};\n")
+            t += f"{ind}if (_lo > {small[L]}) _lo = {small[L]}; if (_hi > {small[L]}) _hi = {small[L]}; if (_hi < _lo) _hi = _lo;\n"
+            t += f"{ind}{inner}\n"
+            for j in reversed(range(nd - 1)):
+                ind = ind[:-2]
+                t += f"{ind}}}\n"
+            return t + "    }\n"
+        if not tr:
+            if k.col is None:
+                s += f"    const float* _B = _x; int64_t _ldb = {sxc};\n"
+            else:
+                sm = small[-1]
+                s += taps(Cg, f"const float* _xr = _x + _c*{sxc} + _b0; for (int64_t _o = 0; _o < _lo; _o++) _dr[_o] = 0.0f; "
+                              f"for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xr[_o*{k.strides[-1]} + _sh]; "
+                              f"for (int64_t _o = _hi; _o < {sm}; _o++) _dr[_o] = 0.0f;",
+                          f"for (int64_t _o = 0; _o < {sm}; _o++) _dr[_o] = 0.0f;", f"for (int64_t _r = 0; _r < {Cg * KK}; _r++)")
+                s += f"    const float* _B = {self.bn(k.col.buf)} + {k.col.offset}; int64_t _ldb = {SP};\n"
+            s += f"    nnf_gemm_f32(0, {Mg}, {SP}, {Cg * KK}, {w} + {Wt.offset} + _g*{Mg * Cg * KK}, {Cg * KK}, _B, _ldb, _O, {som});\n  }}\n"
+        else:
+            # col[Mg*KK, SP] = W_g^T [Mg*KK, Cg] @ x_g [Cg, SP]; W_g is [Cg, Mg*KK] row-major
+            col = f"{self.bn(k.col.buf)} + {k.col.offset}"
+            s += f"    nnf_gemm_f32(1, {Mg * KK}, {SP}, {Cg}, {w} + {Wt.offset} + _g*{Cg * Mg * KK}, {Mg * KK}, _x, {sxc}, {col}, {SP});\n"
+            s += f"    for (int64_t _m = 0; _m < {Mg}; _m++) for (int64_t _p = 0; _p < {BP}; _p++) _O[_m*{som} + _p] = 0.0f;\n"
+            body = (f"float* _orow = _O + _c*{som} + _b0; for (int64_t _o = _lo; _o < _hi; _o++) "
+                    f"_orow[_o*{k.strides[-1]} + _sh] += _dr[_o];")
+            # rows of one output channel must not be scattered by two threads at once: parallel over channels only
+            s += taps(Mg, body, "", f"for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++)")
+            s += "  }\n"
+        if k.epilogue is not None:
+            names = ["_n", "_m"] + [f"_p{j}" for j in range(nd)]
+            em = self.emitter(names, {"acc": "_acc"})
+            opos = " + ".join(f"_p{j}*{math.prod(osp[j + 1:])}" for j in range(nd))
+            ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + {opos}]"
+            loops = " ".join(f"for (int64_t _p{j} = 0; _p{j} < {osp[j]}; _p{j}++)" for j in range(nd))
+            s += (f"  #pragma omp parallel for schedule(static) collapse(2)\n"
+                  f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _m = 0; _m < {M}; _m++)\n"
+                  f"    {loops} {{ float _acc = {ref}; {ref} = {em.expr(k.epilogue)}; }}\n")
+        return s
+
+    def _loop_gemm(self, k: Gemm, c: str, base, optr: str, simd: bool, direct_epi=None, oref=None) -> str:
+        """Portable gemm (row of the output accumulated in a local array; the n loop vectorizes)."""
+        A, B, O = k.a, k.b, k.out
+        sam, sak = A.strides[-2], A.strides[-1]
+        sbk, sbn = B.strides[-2], B.strides[-1]
+        som, son = O.strides[-2], O.strides[-1]
+        aref = f"{self.bn(A.buf)}[{base(A)} + _m*{sam} + _k*{sak}]"
+        bref = f"{self.bn(B.buf)}[{base(B)} + _k*{sbk} + _n*{sbn}]"
+        cv = lambda r, dt: f"nnf_bf16_to_f({r})" if dt.name == "bf16" else (f"(float){r}" if dt.name == "f16" else r)  # noqa: E731
+        alpha = f" * ({c}){k.alpha!r}" if k.alpha != 1.0 else ""
+        val = f"_row[_n]{alpha}"
+        if direct_epi is not None:
+            val = f"({{ {c} _acc = _row[_n]{alpha}; {direct_epi}; }})"
+        st = store(self.bn, O.buf, f"{optr}[_m*{som} + _n*{son}]", val)
+        return (f"      #pragma omp parallel for schedule(static) if({k.m * k.n * k.k} >= 65536)\n"
+                f"      for (int64_t _m = 0; _m < {k.m}; _m++) {{\n"
+                f"        {c} _row[{k.n}]; for (int64_t _n = 0; _n < {k.n}; _n++) _row[_n] = 0;\n"
+                f"        for (int64_t _k = 0; _k < {k.k}; _k++) {{ {c} _a = {cv(aref, A.buf.dtype)};\n"
+                f"          for (int64_t _n = 0; _n < {k.n}; _n++) _row[_n] += _a * {cv(bref, B.buf.dtype)}; }}\n"
+                f"        for (int64_t _n = 0; _n < {k.n}; _n++) {st}\n"
+                f"      }}\n")
+
+
+def _blas_layout(acc: Access, rows: int, cols: int) -> tuple[int, int]:
+    """(CblasNoTrans=111 | CblasTrans=112, leading dimension) for a row-major strided matrix."""
+    sr, sc = acc.strides[-2], acc.strides[-1]
+    if sc == 1 and (sr >= cols or rows == 1):
+        return 111, max(sr if rows > 1 else cols, cols, 1)
+    if sr == 1 and (sc >= rows or cols == 1):
+        return 112, max(sc if cols > 1 else rows, rows, 1)
+    raise CodegenError(f"gemm operand {acc} is not BLAS-compatible (lowering should have made it contiguous)")
+
+
+# ---------------------------------------------------------------- program
+def generate(p: Program) -> str:
+    parts = [PRELUDE % {"abi": ABI_VERSION}]
+    for k in p.kernels:
+        parts.append(KernelWriter(k).write())
+    parts.append(entry(p))
+    return "\n".join(parts)
+
+
+def _ptr(b: Buffer) -> str:
+    t = ctype(b.dtype)
+    if b.kind == "input":
+        return f"(({t}*)in[{b.index}])"
+    if b.kind == "output":
+        return f"(({t}*)out[{b.index}])"
+    if b.kind == "const":
+        return f"(({t}*)w[{b.index}])"
+    return f"(({t}*)(arena + {b.offset}))"
+
+
+def entry(p: Program) -> str:
+    lines = ["int nnf_run(void* const* in, void* const* out, void* const* w, char* arena) {",
+             "  (void)in; (void)out; (void)w; (void)arena;"]
+    for k in p.kernels:
+        args = [_ptr(b) for b in KernelWriter(k).bufs]
+        lines.append(f"  {k.name}({', '.join(args)});")
+    lines.append("  return 0;\n}\n")
+    return "\n".join(lines)

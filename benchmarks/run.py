@@ -1,0 +1,293 @@
+"""nnfuse-cpu vs PyTorch eager vs torch.compile (inductor) vs onnxruntime, 2 threads, medians with warm-up.
+
+usage: python benchmarks/run.py [WORKLOAD ...] [--no-inductor] [--threads N] [--markdown]
+WORKLOAD: mlp llama gpt2 bert resnet50 gemm (default: all), or a path to an .onnx file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+warnings.filterwarnings("ignore")
+
+
+def median_latency(fn, n: int = 20, warm: int = 3) -> float:
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def ort_session(path: str, threads: int):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model, x, path: str) -> str:
+    import torch
+    errors = []
+    for kw in (dict(dynamo=True), dict(dynamo=False, opset_version=17)):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"], **kw)
+            return path
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {str(e)[:120]}")
+    raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+
+
+def cold_compile(model, args, **kw):
+    """nnfuse.compile with an empty cache (what a first compile costs), then the warm-cache time."""
+    import nnfuse
+    old = os.environ.get("NNFUSE_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["NNFUSE_CACHE_DIR"] = d
+        try:
+            t0 = time.perf_counter()
+            cm = nnfuse.compile(model, args, backend="cpu", **kw)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nnfuse.compile(model, args, backend="cpu", **kw)
+            warm = time.perf_counter() - t0
+        finally:
+            if old is None:
+                os.environ.pop("NNFUSE_CACHE_DIR", None)
+            else:
+                os.environ["NNFUSE_CACHE_DIR"] = old
+    return cm, cold, warm
+
+
+def bench_torch(name: str, threads: int, inductor: bool, tmp: str) -> dict:
+    import torch
+    from workloads import torch_workload
+    model, x = torch_workload(name)
+    with torch.inference_mode():
+        ref = model(x)
+    path = export_onnx(model, x, os.path.join(tmp, name + ".onnx"))
+    sess = ort_session(path, threads)
+    xn = x.numpy()
+    cm, cold, warm = cold_compile(model, (x,))
+    with torch.inference_mode():
+        got = cm(x)
+    err = float((torch.as_tensor(got).float() - ref.float()).abs().max())
+    row = {"name": name, "compile_s": cold, "recompile_s": warm, "err": err, "stats": cm.stats()}
+    if inductor:
+        torch._dynamo.reset()
+        t0 = time.perf_counter()
+        comp = torch.compile(model)
+        with torch.inference_mode():
+            comp(x)
+        row["inductor_compile_s"] = time.perf_counter() - t0
+    rows = []
+    for _ in range(3):   # interleave so drift hits every runtime alike
+        r = {}
+        with torch.inference_mode():
+            r["eager"] = median_latency(lambda: model(x))
+            r["nnfuse"] = median_latency(lambda: cm(x))
+            if inductor:
+                r["inductor"] = median_latency(lambda: comp(x))
+        r["ort"] = median_latency(lambda: sess.run(None, {"x": xn}))
+        rows.append(r)
+    for k in rows[0]:
+        row[k] = float(np.median([r[k] for r in rows]))
+    return row
+
+
+def bench_onnx(path: str, threads: int, name: str) -> dict:
+    import onnx
+    m = onnx.load(path)
+    inits = {i.name for i in m.graph.initializer}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in m.graph.input:
+        if i.name not in inits:
+            feeds[i.name] = rng.random([d.dim_value or 1 for d in i.type.tensor_type.shape.dim], dtype=np.float32)
+    sess = ort_session(path, threads)
+    ref = sess.run(None, feeds)[0]
+    cm, cold, warm = cold_compile(path, None)
+    got = cm(*feeds.values())
+    got = got[0] if isinstance(got, tuple) else got
+    row = {"name": name, "compile_s": cold, "recompile_s": warm, "err": float(np.abs(got - ref).max()), "stats": cm.stats()}
+    rows = []
+    for _ in range(3):
+        rows.append({"nnfuse": median_latency(lambda: cm(*feeds.values())), "ort": median_latency(lambda: sess.run(None, feeds))})
+    for k in rows[0]:
+        row[k] = float(np.median([r[k] for r in rows]))
+    return row
+
+
+def fma_peak(threads: int) -> float:
+    """Measured fp32 FMA throughput (GFLOP/s) of this machine: independent vector FMA chains, all threads."""
+    import ctypes
+    from nnfuse.backends.cpu.build import build
+    src = r"""
+#include <omp.h>
+double nnf_peak(long iters, int threads) {
+  double t0 = omp_get_wtime();
+  float sink = 0;
+  #pragma omp parallel num_threads(threads) reduction(+:sink)
+  {
+    float acc[256]; for (int j = 0; j < 256; j++) acc[j] = j * 1e-3f;
+    float a = 0.999999f, b = 1e-7f;
+    for (long i = 0; i < iters; i++) {
+      #pragma omp simd
+      for (int j = 0; j < 256; j++) acc[j] = acc[j] * a + b;
+    }
+    for (int j = 0; j < 256; j++) sink += acc[j];
+  }
+  double t = omp_get_wtime() - t0;
+  return sink == 12345.0f ? 0 : 2.0 * 256 * iters * threads / t / 1e9;
+}
+"""
+    path, _, _ = build(src)
+    lib = ctypes.CDLL(path)
+    lib.nnf_peak.restype = ctypes.c_double
+    lib.nnf_peak.argtypes = [ctypes.c_long, ctypes.c_int]
+    lib.nnf_peak(200000, threads)
+    return max(lib.nnf_peak(2000000, threads) for _ in range(3))
+
+
+def nominal_peak(threads: int) -> float:
+    mhz = 0.0
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                mhz = max(mhz, float(line.split(":")[1]))
+    return threads * mhz * 1e-3 * 32
+
+
+def bench_gemm(threads: int) -> dict:
+    import torch
+    import nnfuse
+    from nnfuse.ir import Builder
+    n = 1024
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    b = Builder("gemm")
+    x = b.input("x", [n, n])
+    g = b.output(b.matmul(x, b.const(w, "w")))
+    cm = nnfuse.compile(g, backend="cpu")
+    ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+    err = float(np.abs(cm(a) - a @ w).max())
+    sess = None
+    try:
+        import onnx
+        from onnx import helper, numpy_helper, TensorProto
+        mg = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [numpy_helper.from_array(w, "w")])
+        p = os.path.join(tempfile.mkdtemp(), "mm.onnx")
+        onnx.save(helper.make_model(mg, opset_imports=[helper.make_opsetid("", 17)]), p)
+        sess = ort_session(p, threads)
+    except ImportError:
+        pass
+    r = {"name": "gemm", "err": err}
+    r["nnfuse"] = median_latency(lambda: cm(a))
+    r["eager"] = median_latency(lambda: torch.mm(ta, tw))
+    r["numpy"] = median_latency(lambda: a @ w)
+    if sess is not None:
+        r["ort"] = median_latency(lambda: sess.run(None, {"x": a}))
+    r["gflops"] = 2 * n ** 3 / r["nnfuse"] / 1e9
+    r["peak_measured"] = fma_peak(threads)
+    r["peak_nominal"] = nominal_peak(threads)
+    r["blas"] = cm.stats().get("blas")
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workloads", nargs="*")
+    ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile (it costs 10-20 s per model)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    from workloads import ALL, TORCH, resnet50_path
+    names = args.workloads or list(ALL)
+    threads = args.threads
+    os.environ.setdefault("NNFUSE_NUM_THREADS", str(threads))
+    import torch
+    torch.set_num_threads(threads)
+    tmp = tempfile.mkdtemp()
+    rows = []
+    for name in names:
+        if name in TORCH:
+            r = bench_torch(name, threads, not args.no_inductor, tmp)
+        elif name == "resnet50":
+            r = bench_onnx(resnet50_path(tmp), threads, "resnet50")
+        elif name == "gemm":
+            r = bench_gemm(threads)
+        elif name.endswith(".onnx"):
+            r = bench_onnx(name, threads, os.path.basename(name))
+        else:
+            print(f"unknown workload {name}; choose from {', '.join(ALL)} or an .onnx path", file=sys.stderr)
+            return 2
+        rows.append(r)
+        print(format_row(r), flush=True)
+    print()
+    print(table(rows))
+    return 0
+
+
+def _ms(v):
+    return f"{v * 1e3:.2f}" if v is not None else "—"
+
+
+def format_row(r: dict) -> str:
+    if r["name"] == "gemm":
+        return (f"gemm 1024^3: nnfuse {_ms(r['nnfuse'])} ms = {r['gflops']:.0f} GFLOP/s ({r['blas']}); "
+                f"{100 * r['gflops'] / r['peak_measured']:.0f}% of measured FMA peak {r['peak_measured']:.0f}, "
+                f"{100 * r['gflops'] / r['peak_nominal']:.0f}% of nominal {r['peak_nominal']:.0f} GFLOP/s; "
+                f"torch.mm {_ms(r['eager'])} ms, numpy {_ms(r['numpy'])} ms, ort {_ms(r.get('ort'))} ms")
+    parts = [f"{r['name']:9s}", f"nnfuse {_ms(r['nnfuse'])} ms", f"ort {_ms(r['ort'])} ms"]
+    if "eager" in r:
+        parts.append(f"eager {_ms(r['eager'])} ms")
+    if "inductor" in r:
+        parts.append(f"inductor {_ms(r['inductor'])} ms")
+    parts.append(f"nnfuse/ort {r['nnfuse'] / r['ort']:.2f}")
+    if "eager" in r:
+        parts.append(f"eager/nnfuse {r['eager'] / r['nnfuse']:.2f}")
+    parts.append(f"compile {r['compile_s']:.1f} s (cached {r['recompile_s']:.2f} s)")
+    if "inductor_compile_s" in r:
+        parts.append(f"inductor compile {r['inductor_compile_s']:.1f} s")
+    parts.append(f"max err {r['err']:.1e}")
+    return "  ".join(parts)
+
+
+def table(rows: list) -> str:
+    out = ["| workload | nnfuse-cpu ms | onnxruntime ms | eager ms | inductor ms | nnfuse/ort | eager/nnfuse | "
+           "nnfuse compile s (cold / cached) | inductor compile s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["name"] == "gemm":
+            continue
+        out.append(f"| {r['name']} | {_ms(r['nnfuse'])} | {_ms(r['ort'])} | {_ms(r.get('eager'))} | {_ms(r.get('inductor'))} | "
+                   f"{r['nnfuse'] / r['ort']:.2f} | {(r['eager'] / r['nnfuse']) if 'eager' in r else float('nan'):.2f} | "
+                   f"{r['compile_s']:.1f} / {r['recompile_s']:.2f} | "
+                   f"{r['inductor_compile_s']:.1f} |" if "inductor_compile_s" in r else
+                   f"| {r['name']} | {_ms(r['nnfuse'])} | {_ms(r['ort'])} | {_ms(r.get('eager'))} | — | {r['nnfuse'] / r['ort']:.2f} | "
+                   f"{(r['eager'] / r['nnfuse']) if 'eager' in r else float('nan'):.2f} | {r['compile_s']:.1f} / {r['recompile_s']:.2f} | — |")
+    for r in rows:
+        if r["name"] == "gemm":
+            out.append("")
+            out.append(format_row(r))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Build cache (atomic, corruption-proof, concurrent), hostile model names, and the missing-compiler error."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cpu_util import check, graph
+from nnfuse.ir import Builder, NnfuseError
+
+
+def _model(scale=2.0):
+    return graph(lambda b, x: b.mul(b.relu(x), b.const(np.full((3,), scale, np.float32), "s")), ((2, 3), "f32"))
+
+
+def test_second_compile_hits_cache_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNFUSE_CACHE_DIR", str(tmp_path))
+    from nnfuse.backends import cpu
+    e1 = cpu.compile_graph(_model(1.5))
+    assert not e1.stats()["cache_hit"]
+    t0 = time.perf_counter()
+    e2 = cpu.compile_graph(_model(1.5))
+    assert e2.stats()["cache_hit"] and time.perf_counter() - t0 < 1.0
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(e2([x])[0], np.maximum(x, 0) * 1.5, rtol=1e-6)
+    assert not glob.glob(str(tmp_path / ".tmp-*")) and not glob.glob(str(tmp_path / ".build-*"))
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNFUSE_CACHE_DIR", str(tmp_path))
+    from nnfuse.backends import cpu
+    e1 = cpu.compile_graph(_model(2.5))
+    so = e1.lib_path
+    with open(so, "rb") as f:           # a truncated library on disk (replaced, not rewritten: it is mapped here)
+        head = f.read(100)
+    with open(so + ".bad", "wb") as f:
+        f.write(head)
+    os.replace(so + ".bad", so)
+    e2 = cpu.compile_graph(_model(2.5))
+    assert not e2.stats()["cache_hit"]
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(e2([x])[0], np.full((2, 3), 2.5, np.float32))
+    with open(so + ".sha256", "w") as f:  # a bad checksum file also forces a rebuild
+        f.write("0" * 64)
+    e3 = cpu.compile_graph(_model(2.5))
+    assert not e3.stats()["cache_hit"]
+    np.testing.assert_allclose(e3([x])[0], np.full((2, 3), 2.5, np.float32))
+
+
+_CHILD = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[2])
+from cpu_util import graph
+from nnfuse.backends import cpu
+g = graph(lambda b, x: b.add(b.tanh(x), b.const(np.full((4,), float(sys.argv[1]), np.float32), "c")), ((4, 4), "f32"))
+exe = cpu.compile_graph(g)
+x = np.zeros((4, 4), np.float32)
+assert np.allclose(exe([x])[0], float(sys.argv[1])), exe([x])[0]
+print("ok", exe.stats()["cache_hit"])
+"""
+
+
+def test_two_processes_compile_same_model_concurrently(tmp_path):
+    env = dict(os.environ, NNFUSE_CACHE_DIR=str(tmp_path))
+    here = os.path.dirname(__file__)
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, "0.25", here], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0 and o.startswith("ok"), e[-2000:]
+    assert len(glob.glob(str(tmp_path / "nnf-*.so"))) == 1
+    r = subprocess.run([sys.executable, "-c", _CHILD, "0.25", here], env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "ok True", r.stderr[-2000:]
+
+
+def test_hostile_names_never_reach_the_c_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNFUSE_CACHE_DIR", str(tmp_path))
+    from nnfuse.backends import cpu
+    evil = 'x"); system("touch PWNED"); /*\n*/ int main'
+    b = Builder('g"; int main(){}//')
+    x = b.input(evil, [2, 3])
+    w = b.const(np.ones((2, 3), np.float32), "w\\n*/ #include </etc/passwd>")
+    y = b.add(b.relu(x), w)
+    g = b.output(y, names=["return", "*/"])
+    exe = check(g, [np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)])
+    src = exe.source()
+    for bad in ("system", "PWNED", "passwd", "int main", "return\"", evil):
+        assert bad not in src
+    text = str(exe.program)        # the printed kernel IR keeps names only as sanitized comments
+    assert "\n*/" not in text and "system(" not in text
+
+
+def test_missing_compiler_suggests_reference(monkeypatch, tmp_path):
+    monkeypatch.setenv("NNFUSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    from nnfuse.backends import cpu
+    with pytest.raises(NnfuseError, match="reference"):
+        cpu.compile_graph(_model(3.5))
+
+
+def test_unsupported_ops_are_listed(tmp_path, monkeypatch):
+    from nnfuse.passes.lower import LOWERINGS, lower
+    monkeypatch.setitem(LOWERINGS, "cumsum", None)
+    monkeypatch.delitem(LOWERINGS, "cumsum")
+    g = graph(lambda b, x: [b.cumsum(x, axis=0), b.relu(x)], ((3,), "f32"))
+    with pytest.raises(NnfuseError, match="not supported on cpu backend: ops cumsum"):
+        lower(g)

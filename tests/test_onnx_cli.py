@@ -1,0 +1,136 @@
+"""The ONNX CLI: bad input (one clear message, exit 1, no traceback), optimize/inspect/verify/run on small models."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from nnfuse.cli import main
+from onnx_util import init, model, ort_run, vi
+
+N = helper.make_node
+X = lambda n: vi(n, [2, 3])  # noqa: E731
+GOOD = model([N("Relu", ["x"], ["y"])], [X("x")], [X("y")])
+
+BAD = {
+    "truncated": (GOOD.SerializeToString()[:-7], "truncated or corrupt"),
+    "not_onnx": (b"this is not a protobuf \x00\xff" * 10, "not a valid ONNX file"),
+    "empty": (b"", "empty file"),
+    "unknown_ops": (model([N("FrobnicateX", ["x"], ["t"], name="f1"), N("Zork", ["t"], ["u"], name="z1"),
+                           N("FrobnicateX", ["u"], ["y"], name="f2")], [X("x")], [X("y")]).SerializeToString(),
+                    "2 unsupported ONNX op type(s): FrobnicateX (nodes: 'f1', 'f2'); Zork (nodes: 'z1')"),
+    "missing_input": (model([N("Add", ["x", "nope"], ["y"], name="add1")], [X("x")], [X("y")]).SerializeToString(),
+                      "node 'add1' (Add) reads 'nope'"),
+    "cycle": (model([N("Add", ["x", "b"], ["a"], name="n1"), N("Relu", ["a"], ["b"], name="n2")], [X("x")], [X("b")]).SerializeToString(),
+              "cycle through 2 node(s): 'n1' (Add), 'n2' (Relu)"),
+    "bad_opset": (model([N("Relu", ["x"], ["y"])], [X("x")], [X("y")], opset=99).SerializeToString(), "opset 99 is out of the supported range"),
+    "shape_mismatch": (model([N("MatMul", ["x", "w"], ["y"], name="proj")], [X("x")], [X("y")],
+                             [init("w", np.ones((5, 4), np.float32))]).SerializeToString(),
+                       "node 'proj' (MatMul): op 'matmul' on (f32[2,3], f32[5,4])"),
+    "string_input": (model([N("Identity", ["s"], ["y"])], [helper.make_tensor_value_info("s", onnx.TensorProto.STRING, [2])],
+                           [X("y")]).SerializeToString(), "element type string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("cmd", ["inspect", "optimize", "verify", "dump"])
+def test_bad_input_gets_one_clear_error(case, cmd, tmp_path, capsys):
+    data, msg = BAD[case]
+    p = tmp_path / f"{case}.onnx"
+    p.write_bytes(data)
+    argv = [cmd, str(p)] + (["-o", str(tmp_path / "o.onnx")] if cmd == "optimize" else [])
+    assert main(argv) == 1
+    cap = capsys.readouterr()
+    text = cap.out + cap.err
+    assert msg in text and "Traceback" not in text
+    assert text.strip().count("\n") == 0, text  # one line
+
+
+def test_bad_input_exit_code_from_the_real_cli(tmp_path):
+    p = tmp_path / "cycle.onnx"
+    p.write_bytes(BAD["cycle"][0])
+    exe = os.path.join(os.path.dirname(sys.executable), "nnfuse")
+    r = subprocess.run([exe, "inspect", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1 and "cycle" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    r = subprocess.run([exe, "--debug", "inspect", str(p)], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def _mlp(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [N("MatMul", ["x", "w1"], ["h"], name="fc1/matmul"), N("Add", ["h", "b1"], ["hb"], name="fc1/add"),
+             N("Relu", ["hb"], ["r"], name="act"), N("MatMul", ["r", "w2"], ["o"], name="fc2/matmul"),
+             N("Add", ["o", "b2"], ["logits"], name="fc2/add"), N("Softmax", ["logits"], ["probs"], axis=-1)]
+    inits = [init("w1", rng.standard_normal((8, 16)).astype(np.float32)), init("b1", rng.standard_normal(16).astype(np.float32)),
+             init("w2", rng.standard_normal((16, 4)).astype(np.float32)), init("b2", rng.standard_normal(4).astype(np.float32))]
+    m = model(nodes, [vi("x", ["batch", 8])], [vi("probs", ["batch", 4])], inits)
+    p = tmp_path / "mlp.onnx"
+    onnx.save(m, str(p))
+    return m, str(p)
+
+
+def test_optimize_writes_a_verified_smaller_model(tmp_path, capsys):
+    m, p = _mlp(tmp_path)
+    o = str(tmp_path / "opt.onnx")
+    assert main(["optimize", p, "-o", o, "-O2", "--verify", "--input-shape", "x:3,8"]) == 0
+    text = capsys.readouterr().out
+    assert "nodes" in text and "verify" in text and "probs" in text and "yes" in text
+    out = onnx.load(o)
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)  # --input-shape fixed the batch
+    np.testing.assert_allclose(ort_run(out, {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert [i.name for i in out.graph.input] == ["x"] and [o.name for o in out.graph.output] == ["probs"]
+
+
+def test_optimize_passes_disable_and_real_inputs(tmp_path, capsys):
+    m, p = _mlp(tmp_path)
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.ones((2, 8), np.float32))
+    o = str(tmp_path / "o0.onnx")
+    assert main(["optimize", p, "-o", o, "-O0", "--verify", "--inputs", str(data)]) == 0
+    assert len(onnx.load(o).graph.node) == len(m.graph.node)
+    assert main(["optimize", p, "-o", o, "--passes", "dce", "--disable", "dce"]) == 0
+    assert main(["optimize", p, "-o", o, "--disable", "no-such-pass"]) == 1
+    assert "unknown pass" in capsys.readouterr().err
+
+
+def test_inspect_reports_params_flops_memory(tmp_path, capsys):
+    _, p = _mlp(tmp_path)
+    assert main(["inspect", p, "--input-shape", "x:4,8"]) == 0
+    text = capsys.readouterr().out
+    assert "x: f32[4,8]" in text and "probs: f32[4,4]" in text
+    assert "parameters: 212 " in text                          # 8*16 + 16 + 16*4 + 4
+    assert "FLOPs (estimate): 1.76 K" in text                  # 2*4*8*16 + 4*16 + 4*16 + 2*4*16*4 + 4*4 + 5*16
+    assert "peak activation memory" in text
+
+
+def test_verify_and_run(tmp_path, capsys):
+    m, p = _mlp(tmp_path)
+    assert main(["verify", p, "--input-shape", "x:3,8"]) == 0
+    assert "reference" in capsys.readouterr().out
+    assert main(["verify", p, p]) == 0
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    assert main(["run", p, "--input", f"x={tmp_path / 'x.npy'}", "-o", str(out)]) == 0
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["probs"], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert main(["run", p, "--input", "nope=x.npy"]) == 1
+    assert "no input(s) ['nope']" in capsys.readouterr().err
+    assert main(["run", p]) == 1
+
+
+def test_verify_detects_a_wrong_model(tmp_path, capsys):
+    m, p = _mlp(tmp_path)
+    bad = onnx.load(p)
+    bad.graph.node[2].op_type = "Sigmoid"   # a different model with the same interface
+    q = str(tmp_path / "bad.onnx")
+    onnx.save(bad, q)
+    assert main(["verify", p, q, "--input-shape", "x:2,8"]) == 1
+    assert "NO" in capsys.readouterr().out
