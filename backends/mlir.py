@@ -51,7 +51,7 @@ def parse_and_verify(text: str, ctx=None):
 class MlirExecutable:
     name = "mlir"
 
-    def __init__(self, graph: Graph, opt_level: int = 3):
+    def __init__(self, graph: Graph, opt_level: int = 2):
         self.graph = graph
         t0 = time.perf_counter()
         text, self.weights = export(graph, for_execution=True)
@@ -90,11 +90,20 @@ def _arg(a: np.ndarray):
 
 
 def compile_graph(graph: Graph, **options) -> MlirExecutable:
-    return MlirExecutable(graph, opt_level=int(options.get("mlir_opt_level", 3)))
+    return MlirExecutable(graph, opt_level=int(options.get("mlir_opt_level", 2)))
 
 
-def export_mlir(graph: Graph) -> str:
-    """The self-contained linalg-on-tensors module for `graph` (verified)."""
-    text = export(graph)[0]
+def export_mlir(graph: Graph, dialect: str = "linalg") -> str:
+    """A self-contained MLIR module for `graph`, verified with torch-mlir's bindings.
+
+    dialect="linalg": linalg-on-tensors (every op the exporter knows); "tosa": TOSA, an ExportError
+    naming the ops without a TOSA form when not every op maps."""
+    if dialect == "tosa":
+        from .mlir_tosa import export_tosa
+        text = export_tosa(graph)
+    elif dialect == "linalg":
+        text = export(graph)[0]
+    else:
+        raise NnfuseError(f"unknown MLIR export dialect '{dialect}'; valid: linalg, tosa")
     parse_and_verify(text)
     return text

@@ -39,6 +39,8 @@ def _binary(em: Emitter, op: str, a: str, b: str, et: str) -> str:
         if not f:
             raise NnfuseError(f"pow on {et} has no MLIR lowering")
         return em.op(f"math.powf {a}, {b}", et)
+    if op == "fmod":  # C fmod: the result takes the dividend's sign
+        return em.op(f"{'arith.remf' if f else 'arith.remsi'} {a}, {b}", et)
     if op == "mod":  # numpy mod: the result takes the divisor's sign
         r = em.op(f"{'arith.remf' if f else 'arith.remsi'} {a}, {b}", et)
         z = em.cst(0, et)
@@ -188,10 +190,11 @@ def _cast(em, n, x, to):
     return em.generic(out, [(x, t, em.bmap(t, out))], lambda a: _convert(em, a[0], elem(t), elem(out)))
 
 
-def _bin_emit(em: Emitter, n, a, b):
+def _bin_emit(em: Emitter, n, a, b, fmod=False):
     ta, tb, out = n.inputs[0].type, n.inputs[1].type, n.output.type
     et = elem(ta)
-    fn = (lambda s: _cmp(em, n.op, s[0], s[1], et)) if n.op in CMP else (lambda s: _binary(em, n.op, s[0], s[1], et))
+    op = "fmod" if n.op == "mod" and fmod else n.op
+    fn = (lambda s: _cmp(em, op, s[0], s[1], et)) if op in CMP else (lambda s: _binary(em, op, s[0], s[1], et))
     return em.generic(out, [(a, ta, em.bmap(ta, out)), (b, tb, em.bmap(tb, out))], fn)
 
 
@@ -393,6 +396,23 @@ def _gather(em, n, x, idx, axis=0):
                       lambda a: _gather_body(em, x, t, a[0], elem(ti), ax, out.rank, ti.rank))
 
 
+@on("gather_elements")
+def _gather_elements(em, n, x, idx, axis=0):
+    """out[i] = x[i with i[axis] replaced by idx[i]]."""
+    t, ti, out = n.inputs[0].type, n.inputs[1].type, n.output.type
+    ax = norm_axis(axis, t.rank)
+
+    def body(a):
+        i = em.op(f"arith.index_cast {a[0]} : {elem(ti)} to", "index")
+        size, z = em.op(f"arith.constant {t.shape[ax]}", "index"), em.op("arith.constant 0", "index")
+        neg = em.op(f"arith.cmpi slt, {i}, {z}", "index")
+        wrapped = em.op(f"arith.addi {i}, {size}", "index")
+        i = em.op(f"arith.select {neg}, {wrapped}, {i}", "index")
+        subs = [i if k == ax else em.op(f"linalg.index {k}", "index") for k in range(t.rank)]
+        return em.op(f"tensor.extract {x}[{', '.join(subs)}]", ttype(t))
+    return em.generic(out, [(idx, ti, _amap(out.rank, [f"d{k}" for k in range(out.rank)]))], body)
+
+
 # ---------------------------------------------------------------- convolution and pooling (2-D, NCHW)
 def _padded(em, x, t: TensorType, pads, value: float):
     k = (len(pads) // 2)
@@ -411,14 +431,22 @@ def _padded(em, x, t: TensorType, pads, value: float):
 @on("conv")
 def _conv(em, n, x, w, b=None, strides=None, pads=None, dilations=None, groups=1):
     t, tw, out = n.inputs[0].type, n.inputs[1].type, n.output.type
-    if t.rank != 4 or groups != 1:
-        raise NnfuseError(f"conv with rank {t.rank}, groups {groups} has no MLIR lowering yet (2-D, groups=1 only)")
+    depthwise = groups > 1 and groups == t.shape[1] == tw.shape[0]
+    if t.rank != 4 or (groups != 1 and not depthwise):
+        raise NnfuseError(f"conv with rank {t.rank}, groups {groups} has no MLIR lowering (mlir_prep splits these)")
     s, d = list(strides or [1, 1]), list(dilations or [1, 1])
     xp, tp = _padded(em, x, t, list(pads or [0] * 4), 0.0)
     init = em.filled(out, "0.0")
     r = em.fresh()
-    em.emit(f"{r} = linalg.conv_2d_nchw_fchw {{dilations = dense<{d}> : tensor<2xi64>, strides = dense<{s}> : tensor<2xi64>}} "
-            f"ins({xp}, {w} : {ttype(tp)}, {ttype(tw)}) outs({init} : {ttype(out)}) -> {ttype(out)}")
+    attrs = f"{{dilations = dense<{d}> : tensor<2xi64>, strides = dense<{s}> : tensor<2xi64>}}"
+    if depthwise:  # weights [C,1,KH,KW] -> [C,KH,KW]
+        tw3 = TensorType([tw.shape[0]] + list(tw.shape[2:]), tw.dtype)
+        w3 = em.reshape(w, tw, tw3)
+        em.emit(f"{r} = linalg.depthwise_conv_2d_nchw_chw {attrs} ins({xp}, {w3} : {ttype(tp)}, {ttype(tw3)}) "
+                f"outs({init} : {ttype(out)}) -> {ttype(out)}")
+    else:
+        em.emit(f"{r} = linalg.conv_2d_nchw_fchw {attrs} ins({xp}, {w} : {ttype(tp)}, {ttype(tw)}) "
+                f"outs({init} : {ttype(out)}) -> {ttype(out)}")
     if b is not None:
         tb = n.inputs[2].type
         r = em.generic(out, [(r, out, _amap(4, ["d0", "d1", "d2", "d3"])), (b, tb, _amap(4, ["d1"]))],
@@ -435,10 +463,14 @@ def _pool(em, n, x, kernel, strides=None, pads=None, dilations=None, ceil_mode=F
     pads = list(pads or [0] * 4)
     if not is_max and any(pads) and not count_include_pad:
         raise NnfuseError("avg_pool with padding excluded from the count has no MLIR lowering yet")
+    s, d = list(strides or [1] * len(kernel)), list(dilations or [1] * len(kernel))
+    for i in range(2):  # ceil_mode: the last window overhangs; for max, pad the end with -inf to cover it
+        need = (out.shape[2 + i] - 1) * s[i] + d[i] * (kernel[i] - 1) + 1 - (t.shape[2 + i] + pads[i] + pads[2 + i])
+        if need > 0:
+            if not is_max:
+                raise NnfuseError("avg_pool with ceil_mode overhang has no MLIR lowering yet")
+            pads[2 + i] += need
     xp, tp = _padded(em, x, t, pads, -np.inf if is_max else 0.0)
-    s, d = list(strides or kernel), list(dilations or [1, 1])
-    if any((tp.shape[2 + i] - d[i] * (kernel[i] - 1) - 1) // s[i] + 1 != out.shape[2 + i] for i in range(2)):
-        raise NnfuseError("pooling with ceil_mode overhang has no MLIR lowering yet")
     win = TensorType(kernel, t.dtype)
     we = em.empty(win)
     init = em.filled(out, flit(-np.inf, elem(out)) if is_max else "0.0")

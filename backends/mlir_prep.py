@@ -47,12 +47,10 @@ class _Prep:
         elif self.fold and all(v.producer is None and v.data is not None for v in n.inputs):
             for v, a in zip(n.outputs, run_node(n, [v.data for v in n.inputs])):
                 self.sub[v.id] = self.g.add_const("folded", np.ascontiguousarray(a))
-        elif n.op in DECOMPOSE:
-            b = _B(self, n.meta)
-            res = DECOMPOSE[n.op](b, n, *n.inputs, **n.attrs)
+        elif n.op in DECOMPOSE and (res := DECOMPOSE[n.op](_B(self, n.meta), n, *n.inputs, **n.attrs)) is not None:
             for old, new in zip(n.outputs, res if isinstance(res, list) else [res]):
                 self.sub[old.id] = new
-        else:
+        else:  # a primitive, or a composite whose decomposition declined (returned None)
             self.out.append(n)
 
 
@@ -78,6 +76,11 @@ class _B:
         n = make_node(op, list(inputs), attrs, self.meta)
         self.prep.visit(n)
         return self.prep.fix(n.outputs[0])
+
+    def split(self, x: Value, axis: int, sizes: list) -> list:
+        n = make_node("split", [x], {"axis": axis, "sizes": sizes}, self.meta)
+        self.prep.visit(n)
+        return [self.prep.fix(o) for o in n.outputs]
 
     def const(self, value, like: Value) -> Value:
         return self.g.add_const("k", np.asarray(value, dtype=like.type.dtype.np))
@@ -146,7 +149,95 @@ def _batch_norm(b, n, x, w, bias, mean, var, eps=1e-5):
     return b("add", y, chan(bias))
 
 
+def _reduce_lse(b, n, x, axes=None, keepdims=False):
+    m = b("reduce_max", x, axes=axes, keepdims=True)
+    y = b("add", b("log", b("reduce_sum", b("exp", b("sub", x, m)), axes=axes, keepdims=True)), m)
+    return y if keepdims else b("reshape", y, shape=list(n.output.type.shape))
+
+
+def _selu(b, n, x, alpha, gamma):
+    neg = b("mul", b("sub", b("exp", x), b.const(1.0, x)), b.const(alpha * gamma, x))
+    return b("where", b("gt", x, b.const(0.0, x)), b("mul", x, b.const(gamma, x)), neg)
+
+
+def _instance_norm(b, n, x, scale, bias, eps=1e-5):
+    axes = list(range(2, x.type.rank))
+    shape = [-1] + [1] * (x.type.rank - 2)
+    c = b("sub", x, b("reduce_mean", x, axes=axes, keepdims=True))
+    y = b("mul", c, b("rsqrt", b("add", b("reduce_mean", b("mul", c, c), axes=axes, keepdims=True), b.const(eps, x))))
+    return b("add", b("mul", y, b("reshape", scale, shape=shape)), b("reshape", bias, shape=shape))
+
+
+def _arg(b, n, x, axis=0, keepdims=True, select_last_index=False):
+    """argmax/argmin: the first (or last) position along `axis` where x equals its max (min)."""
+    ax = norm_axis(axis, x.type.rank)
+    size = x.type.shape[ax]
+    m = b("reduce_max" if n.op == "argmax" else "reduce_min", x, axes=[ax], keepdims=True)
+    pos = b.g.add_const("positions", np.arange(size, dtype=np.int64).reshape([size] + [1] * (x.type.rank - ax - 1)))
+    miss = b.g.add_const("miss", np.asarray(-1 if select_last_index else size, dtype=np.int64))
+    idx = b("where", b("eq", x, m), pos, miss)
+    r = b("reduce_max" if select_last_index else "reduce_min", idx, axes=[ax], keepdims=True)
+    return r if keepdims else b("reshape", r, shape=list(n.output.type.shape))
+
+
+def _cumsum(b, n, x, axis, exclusive=False, reverse=False):
+    """cumsum as a matmul with a triangular 0/1 matrix along the (moved-last) axis."""
+    r, ax = x.type.rank, norm_axis(axis, x.type.rank)
+    k = x.type.shape[ax]
+    tri = np.triu(np.ones((k, k)), 1 if exclusive else 0)
+    tri = tri.T if reverse else tri
+    perm = [i for i in range(r) if i != ax] + [ax]
+    inv = [perm.index(i) for i in range(r)]
+    xt = b("transpose", x, perm=perm) if ax != r - 1 else x
+    y = b("matmul", xt, b.g.add_const("tri", tri.astype(x.type.dtype.np)))
+    return b("transpose", y, perm=inv) if ax != r - 1 else y
+
+
+def _conv(b, n, x, w, bias=None, strides=None, pads=None, dilations=None, groups=1):
+    """1-D conv as 2-D (H = 1); grouped 2-D conv (not depthwise) as one conv per group, concatenated."""
+    r = x.type.rank
+    if r == 3:
+        x4 = b("unsqueeze", x, axes=[2])
+        w4 = b("unsqueeze", w, axes=[2])
+        p = list(pads or [0, 0])
+        y = b("conv", x4, w4, *([bias] if bias is not None else []), strides=[1] + list(strides or [1]),
+              pads=[0, p[0], 0, p[1]], dilations=[1] + list(dilations or [1]), groups=groups)
+        return b("squeeze", y, axes=[2])
+    cin, cout = x.type.shape[1], w.type.shape[0]
+    if r != 4 or groups == 1 or (groups == cin and cout == cin):
+        return None  # emitted directly (conv_2d_nchw_fchw / depthwise_conv_2d_nchw_chw)
+    ci, co = cin // groups, cout // groups
+    xs = b.split(x, axis=1, sizes=[ci] * groups)
+    ws = b.split(w, axis=0, sizes=[co] * groups)
+    bs = b.split(bias, axis=0, sizes=[co] * groups) if bias is not None else [None] * groups
+    ys = [b("conv", xi, wi, *([bi] if bi is not None else []), strides=strides, pads=pads, dilations=dilations)
+          for xi, wi, bi in zip(xs, ws, bs)]
+    return b("concat", *ys, axis=1)
+
+
+def _pool1d(b, n, x, **attrs):
+    if x.type.rank != 3:
+        return None
+    p = list(attrs.get("pads") or [0, 0])
+    two = dict(attrs, kernel=[1] + list(attrs["kernel"]), strides=[1] + list(attrs.get("strides") or [1] * len(attrs["kernel"])),
+               pads=[0, p[0], 0, p[1]])
+    if attrs.get("dilations"):
+        two["dilations"] = [1] + list(attrs["dilations"])
+    return b("squeeze", b(n.op, b("unsqueeze", x, axes=[2]), **two), axes=[2])
+
+
 DECOMPOSE = {
+    "conv": _conv,
+    "max_pool": _pool1d,
+    "avg_pool": _pool1d,
+    "reduce_l2": lambda b, n, x, axes=None, keepdims=False: b("sqrt", b("reduce_sum", b("mul", x, x), axes=axes, keepdims=keepdims)),
+    "reduce_log_sum_exp": _reduce_lse,
+    "selu": _selu,
+    "instance_norm": _instance_norm,
+    "global_max_pool": lambda b, n, x: b("reduce_max", x, axes=list(range(2, x.type.rank)), keepdims=True),
+    "argmax": _arg,
+    "argmin": _arg,
+    "cumsum": _cumsum,
     "softmax": lambda b, n, x, axis: _softmax(b, n, x, axis),
     "log_softmax": lambda b, n, x, axis: _softmax(b, n, x, axis, log=True),
     "layer_norm": _layer_norm,

@@ -182,9 +182,16 @@ def _shape(t: TensorType) -> list:
     return [d if isinstance(d, int) else str(d) for d in t.shape]
 
 
+def _has_dtype(g: Graph, names: tuple) -> bool:
+    vals = list(g.inputs) + list(g.constants.values()) + [o for n in g.nodes for o in n.outputs]
+    return any(v.type.dtype.name in names for v in vals) or any(_has_dtype(n.body, names) for n in g.nodes if n.body is not None)
+
+
 def export(graph: Graph, path: Optional[str] = None, opset: int = OPSET, check: bool = True):
     """Graph IR -> onnx.ModelProto (written to `path` when given)."""
     import onnx
+    if _has_dtype(graph, ("i4", "u4")):
+        opset = max(opset, 21)  # 4-bit tensors (and casts from them) are opset 21
     m = Exporter(graph, opset).run()
     if check:
         try:

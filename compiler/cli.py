@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_commands() -> None:
     """Commands defined in other modules register themselves on import."""
     import importlib
-    for mod in ("nnfuse.cli_onnx", "nnfuse.cli_bench"):
+    for mod in ("nnfuse.cli_onnx", "nnfuse.cli_bench", "nnfuse.cli_quant"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

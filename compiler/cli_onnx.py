@@ -37,8 +37,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- inputs and comparison
-def model_inputs(g) -> list[tuple[str, np.dtype, list]]:
-    """(name, numpy dtype, shape) of an imported graph's runtime inputs."""
+def model_inputs(g, shapes: Optional[dict] = None) -> list[tuple[str, np.dtype, list]]:
+    """(name, numpy dtype, shape) of the runtime inputs of an imported graph (or of a model path, imported here)."""
+    if isinstance(g, (str, os.PathLike)):
+        from .api import to_graph
+        g = to_graph(g, **({"input_shapes": shapes} if shapes else {}))
     return [(v.name, v.type.dtype.np, list(v.type.shape)) for v in g.inputs]
 
 
@@ -156,11 +159,13 @@ def before_after_table(a, b, size_a: int, size_b: int) -> str:
 PASS_FLAGS: list[tuple[str, str]] = [("drop_attention", "drop-attention"), ("ffn_fusion", "ffn-fusion"),
                                      ("target_speedup", "skip-layers"), ("num_skip", "skip-layers")]
 add_pass_option("--ffn-fusion", "ffn_fusion", action="store_true", default=None,
-                help="fuse runs of consecutive FFN blocks into one wide FFN (approximate; reports its error)")
+                help="fuse runs of consecutive FFN blocks into one wide FFN (approximate; reports its error); when no two "
+                     "FFNs are consecutive, first removes the attention of the layer with the lowest calibration score "
+                     "(--drop-attention chooses instead)")
 add_pass_option("--ffn-threshold", "ffn_threshold", type=float, metavar="T",
                 help="max dependency (cosine distance) inside a fused FFN run (default 0.5)")
-add_pass_option("--drop-attention", "drop_attention", metavar="IDX,...|auto",
-                help="remove the attention of these layers ('auto': the one with the lowest calibration score)")
+add_pass_option("--drop-attention", "drop_attention", metavar="IDX,...|auto[:K]",
+                help="remove the attention of these layers ('auto:K': the K with the lowest calibration score)")
 add_pass_option("--skip-layers", "target_speedup", type=float, metavar="R",
                 help="skip layers spread through the middle of the stack for a predicted speedup R (e.g. 1.3)")
 add_pass_option("--num-skip", "num_skip", type=int, metavar="K", help="skip exactly K layers (instead of --skip-layers R)")

@@ -183,6 +183,15 @@ for _n, _o in UNARY.items():
     on(_n)(_unary(_o))
 
 
+@on("log1p", "expm1")
+def _log1p(imp, op, a):
+    x = imp.cast(a[0], _rt(imp))
+    one = imp.const(1.0, x.type.dtype.name)
+    if op.operation.name.endswith("log1p"):
+        return imp.emit("log", imp.emit("add", x, one))
+    return imp.emit("sub", imp.emit("exp", x), one)
+
+
 @on("gelu")
 def _gelu(imp, op, a):
     return imp.emit("gelu", a[0], approximate=a[1] if len(a) > 1 and a[1] else "none")
@@ -397,6 +406,29 @@ def _select(imp, op, a):
         i += n
     s = imp.emit("slice", x, starts=[i], ends=[i + 1], axes=[dim])
     return imp.emit("squeeze", s, axes=[dim])
+
+
+@on("flip")
+def _flip(imp, op, a):
+    dims = [d % a[0].type.rank for d in a[1]]
+    return imp.emit("slice", a[0], starts=[-1] * len(dims), ends=[-BIG] * len(dims), axes=dims, steps=[-1] * len(dims))
+
+
+@on("__interpolate.size_list_scale_list", "upsample_nearest2d", "upsample_nearest2d.vec", "upsample_nearest1d")
+def _upsample(imp, op, a):
+    """Nearest upsampling by integer factors: repeat each element (reshape, expand, reshape)."""
+    x, out = a[0], _shape(imp)
+    mode = a[3] if op.operation.name.endswith("scale_list") else "nearest"
+    if mode != "nearest":
+        raise NnfuseError(f"interpolate mode '{mode}' is not supported (only nearest)")
+    src = x.type.shape
+    factors = [o // i for o, i in zip(out[2:], src[2:])]
+    if any(o != i * f for o, i, f in zip(out[2:], src[2:], factors)):
+        raise NnfuseError(f"nearest upsampling {list(src)} -> {list(out)} is not by integer factors")
+    inter = list(src[:2]) + [d for i in src[2:] for d in (i, 1)]
+    wide = list(src[:2]) + [d for i, f in zip(src[2:], factors) for d in (i, f)]
+    y = imp.emit("expand", imp.emit("reshape", x, shape=inter), shape=wide)
+    return imp.emit("reshape", y, shape=list(out))
 
 
 @on("narrow")

@@ -184,7 +184,6 @@ class Importer:
         return self.g
 
     def _constants(self, gp) -> None:
-        from onnx import numpy_helper
         for t in gp.initializer:
             self.env[t.name] = self.g.add_const(t.name, self.tensor(t))
         for t in gp.sparse_initializer:

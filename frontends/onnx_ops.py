@@ -11,10 +11,9 @@ from typing import Callable
 import numpy as np
 
 from ..ir.types import dim_mul
-from .onnx import ONNX_DTYPES, Importer, Seq, Sym
+from .onnx import ONNX_DTYPES, Importer, Seq
 
 HANDLERS: dict[tuple[str, str], Callable[[Importer, object], object]] = {}
-INT64_MAX = 2**63 - 1
 
 
 def handler(*names: str, domain: str = ""):
@@ -392,10 +391,8 @@ def _rms(im, n):
     return im.emit("rms_norm", ins, axis=im.attr("axis", -1), eps=im.attr("epsilon", 1e-5))
 
 
-@handler("Softmax", "LogSoftmax", "Hardmax")
+@handler("Softmax", "LogSoftmax")
 def _softmax(im, n):
-    if n.op_type == "Hardmax":
-        raise im.error("Hardmax is not supported")
     op = "softmax" if n.op_type == "Softmax" else "log_softmax"
     x = im.x(0)
     r = x.type.rank
@@ -797,3 +794,48 @@ def _gather_nd(im, n):
                   axes=[-1], keepdims=False)
     flat = im.emit("reshape", [data], shape=[int(np.prod(dshape[:k]))] + list(dshape[k:]))
     return im.emit("gather", [flat, lin], axis=0)
+
+
+# ---------------------------------------------------------------- quantization (QDQ)
+def _qparam(im, r, x_rank, axis, block):
+    """A 1-D per-axis scale/zero point becomes [1,..,C,..,1] (the IR wants the rank of x or a scalar)."""
+    v = im.value(r)
+    if v.type.rank == 0 or v.type.rank == x_rank:
+        return r
+    if v.type.rank == 1 and not block:
+        shape = [1] * x_rank
+        shape[axis] = v.type.shape[0]
+        return im.emit("reshape", [r], shape=shape)
+    raise im.error(f"scale/zero point {v.type} does not fit an input of rank {x_rank}")
+
+
+@handler("DequantizeLinear")
+def _dequantize_linear(im, n):
+    q = im.x(0)
+    axis = im.attr("axis", 1) % max(q.type.rank, 1)
+    block = im.attr("block_size", 0)
+    scale = _qparam(im, im.inp(1), q.type.rank, axis, block)
+    ins = [q, scale] + ([_qparam(im, im.inp(2), q.type.rank, axis, block)] if im.inp(2) is not None else [])
+    y = im.emit("dequantize", ins, axis=axis, group=block)
+    want = im.value(im.inp(1)).type.dtype.name
+    return y if want == "f32" else im.emit("cast", [y], to=want)
+
+
+@handler("QuantizeLinear")
+def _quantize_linear(im, n):
+    x = im.x(0)
+    axis = im.attr("axis", 1) % max(x.type.rank, 1)
+    block = im.attr("block_size", 0)
+    z = im.inp(2)
+    if z is not None:
+        dt = im.value(z).type.dtype.name
+    else:
+        od = im.attr("output_dtype", 0)
+        dt = ONNX_DTYPES.get(od, "u8") if od else "u8"
+    ins = [x, _qparam(im, im.inp(1), x.type.rank, axis, block)] + ([_qparam(im, z, x.type.rank, axis, block)] if z is not None else [])
+    return im.emit("quantize", ins, dtype=dt, axis=axis, group=block)
+
+
+@handler("MatMulInteger")
+def _matmul_integer(im, n):
+    return im.emit("matmul_integer", [im.inp(i) for i in range(len(n.input)) if n.input[i]])

@@ -11,7 +11,7 @@
 
 Node meta: "loc" = module path as `named_modules()` spells it, "src" = "file.py:line" (see torch_fx).
 Dynamic shapes: `dynamic=True` makes dim 0 of every tensor input a batch symbol "B" (torch's Dim.AUTO, so
-a size torch must specialize stays static); `dynamic_shapes` (torch.export's format) names any dims, and
+a size torch must specialize stays static; an example batch of 1 is traced as a batch of 2 so it stays B); `dynamic_shapes` (torch.export's format) names any dims, and
 the IR symbol is the `Dim`'s name. Sequence dims are not made dynamic by `dynamic=True`: transformers'
 mask code computes sizes like S+1, which an IR dim cannot spell (`Importer.dim` says so when it happens).
 """
@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 import torch.utils._pytree as pytree
 
-from ..ir import Graph, NnfuseError
+from ..ir import Graph, NnfuseError, verify
 from . import torch_aten, torch_aten_shape  # noqa: F401  (register the lowerings)
 from .torch_fx import LOWER, Importer, Unsupported, tensor_to_numpy
 
@@ -50,15 +50,26 @@ def load(model: torch.nn.Module, example_inputs: tuple, dynamic: bool = False, d
     tensors = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
     names: dict = {}  # (index among the tensor inputs, axis) -> IR symbol
     if dynamic_shapes is None and dynamic:
-        dynamic_shapes = torch.export.ShapesCollection()  # keyed by tensor: works for any forward signature
-        for i, t in enumerate(tensors):
-            if t.dim() > 0:
-                dynamic_shapes[t] = {0: torch.export.Dim.AUTO}
-                names[i, 0] = "B"
+        dynamic_shapes = _batch_spec(tensors)
+        names = {(i, 0): "B" for i, t in enumerate(tensors) if t.dim() > 0}
     elif dynamic_shapes is not None:
         names = _dim_names(model, example_inputs, dynamic_shapes, tensors)
+    if dynamic and any(t.dim() > 0 and t.shape[0] == 1 for t in tensors):
+        # torch specializes a size-1 dim to the constant 1: trace with the example rows repeated to a batch of 2
+        # (values matter only to data-dependent code, which torch.export rejects anyway)
+        example_inputs = pytree.tree_map(lambda t: t.repeat(2, *[1] * (t.dim() - 1))
+                                         if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t, example_inputs)
+        dynamic_shapes = _batch_spec(pytree.tree_leaves(example_inputs))
     ep = export(model, example_inputs, dynamic_shapes, strict)
     return from_exported(ep, type(model).__name__, _symbol_names(ep, names))
+
+
+def _batch_spec(leaves: list) -> Any:
+    spec = torch.export.ShapesCollection()  # keyed by tensor: works for any forward signature
+    for t in leaves:
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            spec[t] = {0: torch.export.Dim.AUTO}
+    return spec
 
 
 def export(model: torch.nn.Module, args: tuple, dynamic_shapes: Any = None, strict: bool = False):
@@ -182,6 +193,7 @@ def from_exported(ep, name: str = "main", sym_names: Optional[dict] = None) -> G
     im.g.set_outputs(outs, _output_names(ep, len(outs)))
     im.g.remove_unused_constants()
     im.g.meta["source"] = "torch"
+    verify(im.g)
     return im.g
 
 

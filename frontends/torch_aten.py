@@ -231,8 +231,6 @@ def _isinf(im, x):
 # ---------------------------------------------------------------- reductions
 def _reduce(irop: str):
     def f(im, x, dims=None, keepdim=False, dtype=None):
-        if isinstance(dims, bool):  # amax(x, keepdim) spelled positionally is impossible; guard anyway
-            raise Unsupported("bad reduction arguments")
         dt = out_dtype(im)
         return im.op(irop, im.value(x, dt), axes=axes_of(dims, x.type.rank), keepdims=bool(keepdim))
     return f

@@ -113,14 +113,27 @@ def _slice(im, x, dim=0, start=None, end=None, step=1):
     dim = _norm(dim, r)
     d = x.type.shape[dim]
     start = 0 if start is None else _bound(start, d, "start")
-    end = INT_MAX if end is None else _bound(end, d, "end")
+    end = INT_MAX if end is None else "?" if isinstance(end, SymExpr) else end  # the gather path needs no end
     if isinstance(end, str) and end == d:
         end = INT_MAX
-    if isinstance(start, str) or isinstance(end, str):
-        raise Unsupported(f"slice [{start}:{end}] of dim {dim} of {x.type}: nnfuse slices need integer bounds")
-    if start in (0, -INT_MAX) and step == 1 and (end >= INT_MAX or (isinstance(d, int) and end >= d)):
+    if start in (0, -INT_MAX) and step == 1 and isinstance(end, int) and (end >= INT_MAX or (isinstance(d, int) and end >= d)):
         return x
+    if isinstance(start, str) or isinstance(end, str) or isinstance(d, str):
+        # symbolic bounds or dim: read the rows start, start+step, ... (as many as torch says) with a gather
+        if step < 1:
+            raise Unsupported(f"slice with step {step} of symbolic dim {d}")
+        if isinstance(start, int) and start < 0:
+            start = im.op("add", im.value(d, "i64"), im.scalar(start, "i64"))
+        return im.op("gather", x, index_range(im, im.out_type().shape[dim], start, step), axis=dim)
     return im.op("slice", x, starts=[start], ends=[min(end, 2**63 - 1)], axes=[dim], steps=[step])
+
+
+def index_range(im: Importer, n, start, step: int) -> Value:
+    """i64 [n] = start + step*i; n may be symbolic, start a size or a 0-d tensor."""
+    if isinstance(n, int) and isinstance(start, int):
+        return im.op("arange", start=start, end=start + step * n, step=step, dtype="i64")
+    steps = im.op("cumsum", im.op("constant_of_shape", shape=[n], value=float(step), dtype="i64"), axis=0)
+    return im.op("add", steps, im.op("sub", im.value(start, "i64"), im.scalar(step, "i64")))
 
 
 @lower("aten.select.int", "aten.select_copy.int")

@@ -61,7 +61,9 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def numpy_to_tensor(a: np.ndarray) -> torch.Tensor:
     """A torch tensor sharing memory with `a` (bf16/fp8 through a same-width integer view)."""
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a)
+    if not (a.flags.c_contiguous and a.flags.writeable):  # (np.ascontiguousarray would make 0-d arrays 1-d)
+        a = a.copy(order="C")  # torch tensors are writable: never hand out a view of read-only memory
     for tdt, (as_int, name) in _BITCAST.items():
         if a.dtype == _np(name):
             return torch.from_numpy(a.view(IR_TO_TORCH_INT[as_int])).view(tdt)
@@ -278,9 +280,11 @@ class Importer:
         return outputs
 
     def _symbolic(self, n: torch.fx.Node) -> bool:
+        """Size arithmetic (sym_size, python operators on SymInts): torch recorded the result as an expression."""
+        if op_name(n.target).startswith(("aten.sym_size", "aten.sym_numel", "aten.sym_stride")):
+            return True
         v = n.meta.get("val")
-        return isinstance(v, (torch.SymInt, int)) and not isinstance(v, bool) and not isinstance(n.target, torch._ops.OpOverload) \
-            or op_name(n.target).startswith(("aten.sym_size", "aten.sym_numel", "aten.sym_stride"))
+        return isinstance(v, (torch.SymInt, int)) and not isinstance(v, bool) and not isinstance(n.target, torch._ops.OpOverload)
 
     def _get_attr(self, graph, n):
         t = getattr(graph.owning_module, n.target)
@@ -300,8 +304,12 @@ class Importer:
             out = lower[op_name(n.target)](self, *args, **kwargs)
             if isinstance(out, Value) and isinstance(v, torch.Tensor):
                 out = self._check(out, v)
+            elif isinstance(out, list) and isinstance(v, (list, tuple)):
+                out = [self._check(o, t) if isinstance(o, Value) and isinstance(t, torch.Tensor) else o for o, t in zip(out, v)]
         except Unsupported as e:
             raise Unsupported(f"{op_name(n.target)} at {where(n)}: {e}") from None
+        except (NnfuseError, ValueError, TypeError, IndexError, KeyError) as e:  # a lowering that did not expect these args
+            raise Unsupported(f"{op_name(n.target)} at {where(n)}: cannot lower it ({type(e).__name__}: {e})") from None
         return out
 
     def _check(self, out: Value, v: torch.Tensor) -> Value:

@@ -48,6 +48,7 @@ _ALL = [
     DType("f8e4m3", 8, "float", ml_dtypes.float8_e4m3fn),
     DType("f8e5m2", 8, "float", ml_dtypes.float8_e5m2),
     DType("f4e2m1", 4, "float", ml_dtypes.float4_e2m1fn),
+    DType("f8e8m0", 8, "float", ml_dtypes.float8_e8m0fnu),   # MX block scale: a power of two (quantization)
     DType("i64", 64, "int", np.int64),
     DType("i32", 32, "int", np.int32),
     DType("i16", 16, "int", np.int16),

@@ -41,7 +41,7 @@ class Buffer:
 
     @property
     def nbytes(self) -> int:
-        return -(-self.numel * self.dtype.bits // 8)
+        return self.numel * max(self.dtype.bits, 8) // 8   # numpy stores 4-bit types one per byte
 
     def __repr__(self) -> str:
         return f"{self.name}:{self.dtype.name}[{self.numel}]"

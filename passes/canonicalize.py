@@ -3,7 +3,7 @@
 canonicalize puts equivalent forms into one shape so later passes see one pattern:
 gemm -> matmul (+ transpose / scale / bias add); flatten/squeeze/unsqueeze -> reshape; reshape
 chains -> one reshape; transpose pairs -> one transpose or nothing; identity/dropout/no-op
-reshape/expand/slice removed. simplify-algebra drops neutral elements (x*1, x+0, x-0, x/1, x**1),
+reshape/expand/slice removed; shape ops of a constant_of_shape become a constant_of_shape. simplify-algebra drops neutral elements (x*1, x+0, x-0, x/1, x**1),
 double negation, casts to the same dtype and reshape-of-reshape.
 """
 from __future__ import annotations
@@ -139,6 +139,14 @@ def _transpose_through_flatten(m: Match, rw: Rewrite) -> Optional[Value]:
     return rw.op("transpose", x, perm=perm)
 
 
+def _splat_view(m: Match, rw: Rewrite) -> Optional[Value]:
+    """A shape op of a constant_of_shape is a constant_of_shape of the new shape (no data moves at all)."""
+    if not m.root.type.static:
+        return None
+    c = m.node("c")
+    return rw.op("constant_of_shape", shape=m.root.shape, value=c.attrs["value"], dtype=c.attrs["dtype"])
+
+
 _FLAT = Op("reshape", Var("x"), name="flat")
 CANONICAL = [
     Rule("matmul-unflatten", Op("reshape", Op("matmul", _FLAT, Const("w"), one_use=True)), _matmul_unflatten),
@@ -157,6 +165,8 @@ CANONICAL = [
     Rule("transpose-identity", Op("transpose", X, name="t"), _transpose_id),
     Rule("slice-full", Op("slice", X, name="s"), _slice_full),
     Rule("concat-single", Op("concat", X), _same_as_root),
+    Rule("splat-view", Op(("transpose", "reshape", "expand", "squeeze", "unsqueeze", "flatten"), Op("constant_of_shape", name="c")),
+         _splat_view),
 ]
 
 

@@ -70,7 +70,8 @@ def infer_shapes(g: Graph, ctx: PassContext) -> dict:
 # ---- fold-constants
 def _foldable(n: Node) -> bool:
     # zero-operand ops (constant_of_shape, arange) fold too: their attributes are all they read
-    return n.body is None and all(const_data(v) is not None for v in n.inputs) and "random" not in n.op
+    return (n.body is None and all(const_data(v) is not None for v in n.inputs) and "random" not in n.op
+            and not (n.op in OPS and OPS[n.op].extra.get("keep_const")))  # dequantize(Wq, s) stays: the point is fewer bytes
 
 
 @register_pass("fold-constants")

@@ -5,8 +5,8 @@ FFN after it consecutive. Layers are chosen by index, or by a calibration score:
 distance between the block's residual input and output (small = the block changes the stream
 little), lowest first, never the first or the last layer.
 
-Options: drop_attention = a list of layer indices ("3,5" in the CLI), an int k (the k lowest
-scores), or "auto" (k = 1); calibration (see calibration.py).
+Options: drop_attention = layer indices (a list, or "3,5" as in the CLI), an int k or "auto:k"
+(the k lowest scores; "auto" is k = 1); calibration (see calibration.py).
 """
 from __future__ import annotations
 
@@ -31,16 +31,22 @@ def attention_scores(g: Graph, stack: Stack, samples) -> dict[int, float]:
 
 
 def _parse(spec: Any) -> Any:
-    if isinstance(spec, str) and spec != "auto":
-        try:
-            return [int(t) for t in spec.replace(" ", "").split(",") if t]
-        except ValueError:
-            raise NnfuseError(f"drop_attention: expected layer indices like '3,5', an int or 'auto', got {spec!r}") from None
-    return spec
+    """'3,5' -> [3, 5] (layer indices); 'auto' -> 1 and 'auto:K' -> K (counts, chosen by score); ints/lists as given."""
+    if not isinstance(spec, str):
+        return spec
+    s = spec.replace(" ", "")
+    try:
+        if s == "auto":
+            return 1
+        if s.startswith("auto:"):
+            return int(s[5:])
+        return [int(t) for t in s.split(",") if t]
+    except ValueError:
+        raise NnfuseError(f"drop_attention: expected layer indices like '3,5', 'auto' or 'auto:K', got {spec!r}") from None
 
 
 def pick_attention(g: Graph, stack: Stack, spec: Any, samples) -> tuple[list[int], dict[int, float]]:
-    """(layer indices to drop, scores) for a spec: indices, a count k, or 'auto' (k = 1)."""
+    """(layer indices to drop, scores) for a spec: indices, a count k, 'auto' (k = 1) or 'auto:k'."""
     spec = _parse(spec)
     have = {L.index for L in stack.layers if L.attention is not None}
     if isinstance(spec, (list, tuple)):
@@ -48,7 +54,7 @@ def pick_attention(g: Graph, stack: Stack, spec: Any, samples) -> tuple[list[int
         if bad:
             raise NnfuseError(f"drop_attention: no attention block in layer(s) {bad}; layers with one: {sorted(have)}")
         return sorted(set(int(i) for i in spec)), {}
-    k = 1 if spec == "auto" else int(spec)
+    k = int(spec)
     scores = attention_scores(g, stack, samples)
     idx = sorted(have)
     middle = [i for i in idx if i not in (idx[0], idx[-1])] if len(idx) > 2 else []

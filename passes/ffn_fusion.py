@@ -18,7 +18,7 @@ the blocks fused, the GEMM count and sequential depth before/after, the score an
 error on calibration data, and the total error of the rewritten graph against the input graph.
 
 Options (ctx.options): ffn_threshold (float, default 0.5), calibration (see calibration.py),
-drop_attention (layer indices, an int k, or "auto") applied first, auto_drop_attention (int,
+drop_attention (layer indices, or a count k / "auto:k" chosen by score) applied first, auto_drop_attention (int,
 default 1: when the stack has no two consecutive FFN blocks and drop_attention is not given,
 remove the attention of that many layers, those whose output is closest to their input, so
 there is a run to fuse; 0 disables), ffn_min_run (default 2), ffn_max_run (default: no limit).
@@ -85,10 +85,10 @@ def analyze(block: Block) -> Union[FFNParts, str]:
             return f"op {n.op} with several results"
         else:
             [pre, mid, post][lv].append(n)
-            if lv == 1 and (not is_pointwise(n) or any(level.get(v.id, 1) == 0 for v in n.inputs)):
+            if lv == 1 and (not (is_pointwise(n) or _keeps_last_dim(n)) or any(level.get(v.id, 1) == 0 for v in n.inputs)):
                 return f"op {n.op} between the GEMM layers is not pointwise on the hidden activations"
-            if lv == 2 and not (n.op == "add" and any(const_value(v) is not None for v in n.inputs)):
-                late = late or f"op {n.op} after the down projection (only a bias add is fused)"
+            if lv == 2 and not (_keeps_last_dim(n) or n.op == "add" and any(const_value(v) is not None for v in n.inputs)):
+                late = late or f"op {n.op} after the down projection (only a bias add or a reshape is fused)"
         for o in n.outputs:
             level[o.id] = lv
     if late:
@@ -110,33 +110,41 @@ def analyze(block: Block) -> Union[FFNParts, str]:
     return parts
 
 
+def _keeps_last_dim(n: Node) -> bool:
+    """A reshape that only regroups leading dims (GPT-2's Conv1D flattens [B,S,D] to [B*S,D] around its GEMM)."""
+    return n.op == "reshape" and n.inputs[0].type.shape[-1:] == n.outputs[0].type.shape[-1:]
+
+
 def _find_gain(p: FFNParts) -> None:
-    """Spot the norm's affine part on h so it can fold into the first-layer weights."""
+    """Spot the norm's affine part on h (through leading-dim reshapes) so it can fold into the first-layer weights."""
     n = p.h.producer
+    while n is not None and n in p.pre and _keeps_last_dim(n):
+        n = n.inputs[0].producer
     if n is None or n not in p.pre:
         return
-    d = p.h.type.shape[-1]
+    t = n.outputs[0].type
+    d = t.shape[-1]
     if n.op == "mul":
         for i in (0, 1):
             c = const_value(n.inputs[i])
-            if c is not None and c.size == d and c.shape[-1:] == (d,) and n.inputs[1 - i].type == p.h.type:
+            if c is not None and c.size == d and c.shape[-1:] == (d,) and n.inputs[1 - i].type == t:
                 p.gain_node, p.gain, p.normalized = n, c.reshape(-1), n.inputs[1 - i]
                 return
     if n.op in ("rms_norm", "layer_norm") and len(n.inputs) >= 2 and isinstance(d, int):
         consts = [const_value(v) for v in n.inputs[1:]]
-        if all(c is not None and c.size == d for c in consts) and n.attrs.get("axis", -1) in (-1, len(p.h.type.shape) - 1):
+        if all(c is not None and c.size == d for c in consts) and n.attrs.get("axis", -1) in (-1, t.rank - 1):
             p.gain_node, p.gain = n, consts[0].reshape(-1)
             p.shift = consts[1].reshape(-1) if len(consts) > 1 else None
 
 
-def _refs(block: Block) -> list[tuple]:
-    """The body as a structural signature: per node (op, attrs, operand references)."""
+def _signature(nodes: list[Node], entry: Value) -> list[tuple]:
+    """Nodes as a structural signature: per node (op, attrs, operand references); constants by rank only."""
     local = {}
     sig = []
-    for i, n in enumerate(block.nodes):
+    for i, n in enumerate(nodes):
         refs = []
         for v in n.inputs:
-            if v is block.entry:
+            if v is entry:
                 refs.append(("x",))
             elif v.id in local:
                 refs.append(("n",) + local[v.id])
@@ -150,9 +158,19 @@ def _refs(block: Block) -> list[tuple]:
     return sig
 
 
+def _core(p: FFNParts) -> list[tuple]:
+    """Signature of the GEMM part (first GEMMs -> mid -> down -> post) from h on: must match across a run."""
+    core = {id(n) for n in p.first + p.mid + [p.down] + p.post}
+    return _signature([n for n in p.block.nodes if id(n) in core], p.h)
+
+
 def _same_norm(a: FFNParts, b: FFNParts) -> bool:
     """True when b's pre nodes equal a's up to the affine gain (so the statistics are shared)."""
-    if (a.gain is None) != (b.gain is None) or (a.shift is None) != (b.shift is None) or len(a.pre) != len(b.pre):
+    if (a.gain is None) != (b.gain is None) or (a.shift is None) != (b.shift is None):
+        return False
+    if _signature(a.pre, a.block.entry) != _signature(b.pre, b.block.entry):
+        return False
+    if a.gain_node is not None and a.pre.index(a.gain_node) != b.pre.index(b.gain_node):
         return False
     for na, nb in zip(a.pre, b.pre):
         skip = {1, 2} if na is a.gain_node and na.op != "mul" else set()
@@ -199,14 +217,14 @@ def fuse_run(g: Graph, run: list[FFNParts]) -> dict:
     if shared:
         vmap = {x.id: x}
         for n in T.pre:
-            if n is T.gain_node and n.op == "mul":
+            if n is T.gain_node and n.op == "mul":     # the gain folds into the weights: pass n through
+                vmap[n.outputs[0].id] = vmap.get(T.normalized.id, T.normalized)
                 continue
             ins = [vmap.get(v.id, v) for v in n.inputs]
             outs = em.node(n, ins[:1] if n is T.gain_node else ins)
             for o, m in zip(n.outputs, outs):
                 vmap[o.id] = m
-        src = T.normalized if T.gain_node is not None and T.gain_node.op == "mul" else T.h
-        hn = vmap[src.id]
+        hn = vmap[T.h.id]
         for s in slots:
             ws = []
             for k, p in enumerate(run):
@@ -221,7 +239,7 @@ def fuse_run(g: Graph, run: list[FFNParts]) -> dict:
     else:
         hs = []
         for p in run:
-            vmap = {x.id: x}
+            vmap = {p.block.entry.id: x}    # every branch reads the run's input
             for n in p.pre:
                 for o, m in zip(n.outputs, em.node(n, [vmap.get(v.id, v) for v in n.inputs])):
                     vmap[o.id] = m
@@ -241,22 +259,27 @@ def fuse_run(g: Graph, run: list[FFNParts]) -> dict:
                 ins.append(vmap[v.id])
                 continue
             cs = [const_value(p.mid[i].inputs[q]) for p in run]
-            if all(np.array_equal(c, cs[0]) for c in cs[1:]):
-                ins.append(v if v.producer is None else em.const(cs[0], f"c{i}_{q}"))
-            elif all(c.ndim == cs[0].ndim and c.shape[-1] == p.hidden and c.size == p.hidden for c, p in zip(cs, run)):
-                ins.append(em.const(np.concatenate(cs, axis=-1), f"c{i}_{q}"))
+            if all(c.ndim == cs[0].ndim and c.ndim and c.shape[-1] == p.hidden and c.size == p.hidden for c, p in zip(cs, run)):
+                ins.append(em.const(np.concatenate(cs, axis=-1), f"c{i}_{q}"))     # per hidden unit: concatenate
+            elif all(c.shape[-1:] in ((), (1,)) and np.array_equal(c, cs[0]) for c in cs):
+                ins.append(v if v.producer is None else em.const(cs[0], f"c{i}_{q}"))   # a broadcast scalar, shared
             else:
                 raise ValueError(f"constant operand {q} of {n.op} differs between the blocks and is not per-hidden-unit")
-        vmap[n.outputs[0].id] = em.node(n, ins)[0]
+        if n.op == "reshape":       # regroups leading dims only: the hidden dim becomes the fused one
+            vmap[n.outputs[0].id] = em.op("reshape", ins, {**n.attrs, "shape": tuple(n.attrs["shape"][:-1]) + (-1,)})
+        else:
+            vmap[n.outputs[0].id] = em.node(n, ins)[0]
     wd = np.concatenate([gemm_weight(p.down)[1] for p in run], axis=0)
     y = em.op("matmul", [vmap[gemm_weight(T.down)[0].id], em.const(wd, "w2")])
-    bias = None
-    for p in run:
-        for b in [gemm_weight(p.down)[2]] + [next(const_value(v) for v in n.inputs if const_value(v) is not None) for n in p.post]:
-            if b is not None:
-                bias = b.astype(np.float64) if bias is None else bias + b
-    if bias is not None:
-        y = em.op("add", [y, em.const(bias.astype(dt), "b2")])
+    down_bias = [gemm_weight(p.down)[2] for p in run]
+    if any(b is not None for b in down_bias):
+        y = em.op("add", [y, em.const(sum(b.astype(np.float64) for b in down_bias if b is not None).astype(dt), "b2")])
+    for i, n in enumerate(T.post):      # bias adds (biases summed over the branches) and leading-dim reshapes
+        if n.op == "reshape":
+            y = em.node(n, [y])[0]
+            continue
+        b = sum(next(c for c in map(const_value, p.post[i].inputs) if c is not None).astype(np.float64) for p in run)
+        y = em.op("add", [y, em.const(np.asarray(b).astype(dt), f"b2_{i}")])
     out = em.op("add", [x, y])
     old = {id(n) for p in run for n in p.block.nodes + [p.block.add]}
     at = min(i for i, n in enumerate(g.nodes) if id(n) in old)
@@ -344,7 +367,7 @@ def ffn_fusion(g: Graph, ctx: PassContext) -> dict:
         if bad:
             stats.setdefault("skipped", []).append(f"layer {bad[0][0].layer}: {bad[0][1]}")
             continue   # keep it simple: a run with one unfit block is left alone
-        sigs = [_refs(b) for b in run]
+        sigs = [_core(p) for p in parts]
         M = dependency_matrix(g, run, samples)
         for a, b in split_run(M, threshold, min_run, None if max_run is None else int(max_run)):
             if any(sigs[k] != sigs[a] for k in range(a, b)):

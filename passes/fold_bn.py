@@ -3,7 +3,8 @@
 batch_norm(y){eps} = (y - mean) * s + bias with s = scale / sqrt(var + eps), per channel (axis 1). After
 conv(x, W, b): W' = W * s[:, None, ...], b' = (b - mean) * s + bias. After a 2-D matmul(x, W) [+ b]:
 W' = W * s[None, :], bias b' likewise. A batch_norm that follows neither becomes one mul + add with
-constant per-channel vectors, which then fuses as pointwise. Only constant statistics are folded.
+constant per-channel vectors, which then fuses as pointwise. Only constant statistics are folded. A batch
+norm already decomposed into `conv * s[C] + t[C]` (torch-mlir, some exporters) folds the same way.
 """
 from __future__ import annotations
 
@@ -58,6 +59,40 @@ def _bn_affine(m: Match, rw: Rewrite) -> Optional[Value]:
     return rw.op("add", rw.op("mul", x, rw.const(s.reshape(shape).astype(dt), "bn.scale")), rw.const(t.reshape(shape).astype(dt), "bn.shift"))
 
 
+def _per_channel(v: Value, rank: int, c: int) -> Optional[np.ndarray]:
+    """A constant broadcasting over [N, C, *spatial] that varies only along C -> its [C] vector, else None."""
+    d = v.data
+    if d is None or d.ndim > rank or d.dtype.kind != "f":
+        return None
+    shape = (1,) * (rank - d.ndim) + d.shape
+    if any(k != 1 for i, k in enumerate(shape) if i != 1) or shape[1] not in (1, c):
+        return None
+    return np.broadcast_to(d.reshape(-1), (c,)).astype(np.float64)
+
+
+def _conv_scale(m: Match, rw: Rewrite) -> Optional[Value]:
+    """conv(x, W, b) * s[C] -> conv(x, W*s, b*s): the decomposed batch norm torch-mlir and some exporters write."""
+    conv, w = m.node("conv"), m.data("w")
+    s = _per_channel(m["s"], m.root.type.rank, w.shape[0])
+    if s is None:
+        return None
+    b = conv.inputs[2].data.astype(np.float64) if len(conv.inputs) == 3 else np.zeros(w.shape[0])
+    w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+    return rw.op("conv", m["x"], rw.const(w2, m["w"].name + ".scaled"), rw.const((b * s).astype(w.dtype), "conv.bias"), **conv.attrs)
+
+
+def _conv_shift(m: Match, rw: Rewrite) -> Optional[Value]:
+    """conv(x, W, b) + t[C] -> conv(x, W, b + t) (and - t)."""
+    conv, w = m.node("conv"), m.data("w")
+    t = _per_channel(m["t"], m.root.type.rank, w.shape[0])
+    if t is None:
+        return None
+    if m.root.producer.op == "sub":
+        t = -t
+    b = conv.inputs[2].data.astype(np.float64) if len(conv.inputs) == 3 else np.zeros(w.shape[0])
+    return rw.op("conv", m["x"], m["w"], rw.const((b + t).astype(w.dtype), "conv.bias"), **conv.attrs)
+
+
 _CONV = Op("conv", Var("x"), Const("w"), Const(), name="conv", one_use=True)
 _CONV_NB = Op("conv", Var("x"), Const("w"), name="conv", one_use=True)
 _MM = Op("matmul", Var("x"), Const("w"), one_use=True)
@@ -68,6 +103,9 @@ FOLD_BN = [
     Rule("matmul-bn", Op("batch_norm", _MM, *_BN_PARAMS, name="bn"), _matmul_bn),
     Rule("matmul-bn", Op("batch_norm", Op("add", _MM, Const("b"), one_use=True), *_BN_PARAMS, name="bn"), _matmul_bn),
 ]
+for _c in (_CONV, _CONV_NB):
+    FOLD_BN += [Rule("conv-scale", Op("mul", _c, Const("s")), _conv_scale), Rule("conv-shift", Op("add", _c, Const("t")), _conv_shift),
+                Rule("conv-shift", Op("sub", _c, Const("t")), _conv_shift)]
 BN_AFFINE = [Rule("bn-to-affine", Op("batch_norm", Var("y"), *_BN_PARAMS, name="bn"), _bn_affine)]
 
 
@@ -78,4 +116,5 @@ def fold_batchnorm(g: Graph, ctx: PassContext) -> dict:
     fired.update(apply_rules(g, BN_AFFINE))
     dropped = g.remove_unused_constants()
     return {"folded": fired.get("conv-bn", 0) + fired.get("matmul-bn", 0), "to_affine": fired.get("bn-to-affine", 0),
+            "conv_affine_folded": fired.get("conv-scale", 0) + fired.get("conv-shift", 0),
             "constants_dropped": dropped}

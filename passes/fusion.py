@@ -100,10 +100,12 @@ class Grower:
             cand = members + dups + [p]
             if not self.legal(cand):
                 continue
-            (dups if dup else members).append(p)
-            if dup:
+            if dup:  # recomputed inside from its operands; its own producers stay outside
+                dups.append(p)
                 self.stats["duplicated"] = self.stats.get("duplicated", 0) + 1
-            frontier.extend(p.inputs)
+            else:
+                members.append(p)
+                frontier.extend(p.inputs)
         return members, dups
 
     def pointwise(self, seed: Node) -> list[Node]:
@@ -205,7 +207,8 @@ def fuse_producers(g: Graph, ctx: PassContext) -> dict:
         for q in g.nodes:
             if q.body is None or q.attrs.get("kind") not in MERGE_INTO:
                 continue
-            domain = max(numel_est(v.type.shape) for v in q.inputs) if q.inputs else 0
+            acts = [numel_est(v.type.shape) for v in q.inputs if v.data is None]  # activations, not weights
+            domain = max(acts) if acts else 0
             for v in q.inputs:
                 p = v.producer
                 if p is None or (id(p), id(q)) in tried:

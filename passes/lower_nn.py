@@ -375,7 +375,37 @@ def _sdpa(L, n, ins):
     return [_gemm_core(L, sm, v, out)]
 
 
+def _dequantize(L, n, ins):
+    """(q - zero) * scale * global_scale in f32; scales repeat `group` times along `axis` (an indirect index)."""
+    q, s = ins[0], ins[1]
+    z = ins[2] if len(ins) > 2 else None
+    a = n.attrs
+    shape, rank = tuple(q.shape), len(q.shape)
+    f32 = to_dtype("f32")
+    ax = norm_axis(a.get("axis", 0), rank, "dequantize") if rank else 0
+    group = int(a.get("group", 0))
+
+    def param(t: Tensor):
+        if len(t.shape) == 0 or group <= 0 or t.shape[ax] == shape[ax]:
+            e = broadcast(t, shape).expr
+        else:
+            acc = L.access(t)
+            st = tuple(0 if (k == ax or t.shape[k] == 1) else s_ for k, s_ in enumerate(acc.strides))
+            gi = mkop("div", I64, Var(I64, ax), _i(group))
+            e = Load(t.dtype, Access(acc.buf, acc.offset, st), ((gi, acc.strides[ax]),))
+        return e if e.dtype == f32 else mkop("cast", f32, e, to="f32")
+    v = mkop("cast", f32, q.expr, to="f32")
+    if z is not None:
+        v = mkop("sub", f32, v, param(z))
+    v = mkop("mul", f32, v, param(s))
+    gs = float(a.get("global_scale", 1.0))
+    if gs != 1.0:
+        v = mkop("mul", f32, v, Const(f32, gs))
+    return [Tensor(shape, v)]
+
+
 LOWERINGS.update({
+    "dequantize": _dequantize,
     "pad": _pad, "tile": _tile, "gather_elements": _gather_elements, "embedding": _embedding, "cumsum": _cumsum,
     "arange": _arange, "constant_of_shape": _constant_of_shape, "shape": _shape,
     "reduce_l2": _reduce_special, "reduce_log_sum_exp": _reduce_special,

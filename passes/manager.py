@@ -28,6 +28,9 @@ PASSES: dict[str, Pass] = {}
 # Presets; names must be registered passes. Later levels add to earlier ones.
 PIPELINES: dict[str, list[str]] = {"O0": [], "O1": [], "O2": [], "O3": []}
 
+# fn(names, options) -> names: option-driven additions to a pipeline (quantize= / rotate= add their passes)
+PIPELINE_HOOKS: list[Callable[[Sequence[str], dict], list[str]]] = []
+
 
 def register_pass(name: str, exact: bool = True, levels: Sequence[str] = ()) -> Callable:
     """Decorator: register a pass and append it to the given pipeline presets (in registration order)."""
@@ -134,6 +137,8 @@ def optimize(graph: Graph, opt_level: int | str = 2, passes: Optional[Sequence[s
     bad = [d for d in disable if d not in PASSES]
     if bad:
         raise NnfuseError(f"--disable: unknown pass(es) {', '.join(bad)}; available: {', '.join(sorted(PASSES))}")
+    for hook in PIPELINE_HOOKS:
+        names = hook(names, options)
     names = [n for n in names if n not in set(disable)]
     g = graph.clone()
     ctx = PassContext(options)

@@ -68,10 +68,10 @@ def ffn_stack_ir(ws: list[dict], d: int, rows: int = 6, norm: Optional[str] = "r
     x = b.input("x", [rows, d])
     for i, p in enumerate(ws):
         b.meta = {"loc": f"layers.{i}.mlp"}
-        h = x
-        if norm == "rms":
+        h, nm = x, p.get("norm", norm)     # a block may override the stack's norm
+        if nm == "rms":
             h = b.rms_norm(x, b.const(p["g"], "g"))
-        elif norm == "layer":
+        elif nm == "layer":
             h = b.layer_norm(x, b.const(p["g"], "g"), b.const(p["beta"], "beta"))
         if act == "swiglu":
             m = b.mul(b.silu(b.matmul(h, b.const(p["w1"], "w1"))), b.matmul(h, b.const(p["w3"], "w3")))
@@ -104,4 +104,4 @@ def np_ffn(h: np.ndarray, p: dict, act: str) -> np.ndarray:
 
 def np_parallel(x: np.ndarray, ws: list[dict], norm: Optional[str], act: str) -> np.ndarray:
     """The fused form computed in float64 numpy: x + sum_k FFN_k(norm_k(x))."""
-    return x.astype(np.float64) + sum(np_ffn(np_norm(x, p, norm), p, act) for p in ws)
+    return x.astype(np.float64) + sum(np_ffn(np_norm(x, p, p.get("norm", norm)), p, act) for p in ws)

@@ -90,6 +90,21 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("qdtype", ["i8", "i4", "f8e4m3"])
+def test_weight_only_dequantize_in_gemm(qdtype):
+    import ml_dtypes
+    npdt = {"i8": np.int8, "i4": ml_dtypes.int4, "f8e4m3": ml_dtypes.float8_e4m3fn}[qdtype]
+    rng = np.random.default_rng(0)
+    q = (rng.integers(-7, 7, (64, 16)) if qdtype != "f8e4m3" else rng.standard_normal((64, 16))).astype(npdt)
+    s = rng.random((2, 16)).astype(np.float32)
+    z = rng.integers(-2, 2, (2, 16)).astype(npdt) if qdtype == "i8" else None
+
+    def fn(b, x):
+        args = [b.const(q, "q"), b.const(s, "s")] + ([b.const(z, "z")] if z is not None else [])
+        return b.matmul(x, b.dequantize(*args, axis=0, group=32))
+    check(graph(fn, ((3, 64), "f32")), [rng.standard_normal((3, 64)).astype(np.float32)], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_cpu_matches_reference(name):
     fn, specs = CASES[name]

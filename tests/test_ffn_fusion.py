@@ -69,6 +69,19 @@ def test_fused_graph_is_the_parallel_form(norm, act, rng):
     np.testing.assert_allclose(ir.evaluate(h, [x])[0], np_parallel(x, ws, norm, act), rtol=1e-4, atol=1e-4)
 
 
+def test_blocks_with_different_norms_keep_their_own(rng):
+    """Norm statistics not shared (RMS vs layer norm): each branch normalizes x itself, first GEMMs per branch, one down GEMM."""
+    d, rows = 16, 5
+    ws = [_ffn_params(rng, d, 24, "swiglu", "layer") for _ in range(3)]
+    ws[1]["norm"] = "layer"
+    g = ffn_stack_ir(ws, d, rows, "rms", "swiglu")
+    x = rng.standard_normal((rows, d)).astype(np.float32)
+    h, rep = optimize(g, passes=["ffn-fusion"], verify_each=True, ffn_threshold=2.0, calibration=[x])
+    f = rep.results[0].stats["fused"][0]
+    assert not f["shared_norm"] and f["gemms"] == [9, 7] and _matmuls(h) == 7
+    np.testing.assert_allclose(ir.evaluate(h, [x])[0], np_parallel(x, ws, "rms", "swiglu"), rtol=1e-4, atol=1e-4)
+
+
 def test_exact_when_blocks_commute(rng):
     """Blocks that read only channels [:d/2] and write only [d/2:]: no block sees another, fusion is exact."""
     d, hid, rows = 16, 32, 7
@@ -158,7 +171,7 @@ def test_drop_attention_pass_and_bad_indices():
     h, rep = optimize(g, passes=["drop-attention"], drop_attention="1,2", verify_each=True)
     assert rep.results[0].stats["dropped"] == [1, 2]
     np.testing.assert_allclose(ir.evaluate(h, x)[0], ir.evaluate(llama_ir(w, drop_attn=(1, 2)), x)[0], rtol=1e-5, atol=1e-5)
-    h, rep = optimize(g, passes=["drop-attention"], drop_attention=1)
+    h, rep = optimize(g, passes=["drop-attention"], drop_attention="auto:1")
     s = rep.results[0].stats
     assert s["dropped"] == [min((1, 2), key=lambda i: s["scores"][i])]
     with pytest.raises(NnfuseError, match="no attention block in layer"):
@@ -179,3 +192,19 @@ def test_rewritten_models_run_on_every_backend(passes, opts):
     for backend in ("reference", "onnx", "cpu"):
         cm = nnfuse.compile(g, backend=backend, passes=passes + pipeline(2), verify_each=True, **opts)
         np.testing.assert_allclose(cm(*x), want, rtol=1e-4, atol=1e-4, err_msg=backend)
+
+
+def test_near_independent_ffns_fuse_at_the_default_threshold_with_small_error():
+    """LLaMA-style stack whose FFNs 1-3 barely move the stream: low M, fused by default, small measured error."""
+    w = llama_weights(layers=5, seed=6)
+    for L in w["layers"][1:4]:
+        L["w2"] *= 0.02
+    g = llama_ir(w)
+    h, rep = optimize(g, passes=["ffn-fusion"], drop_attention=[2, 3])
+    st = rep.results[0].stats
+    assert [f["layers"] for f in st["fused"]] == [[1, 2, 3]] and st["fused"][0]["score"] < 0.01
+    assert st["fused"][0]["rel_err"] < 1e-3          # the error of the fusion itself (attention removal excluded)
+    g2 = llama_ir(w, drop_attn=(2, 3))
+    x = random_inputs(g, 1, seed=9)[0]
+    ref = ir.evaluate(g2, x)[0]
+    assert np.linalg.norm(ir.evaluate(h, x)[0] - ref) / np.linalg.norm(ref) < 1e-3

@@ -123,3 +123,40 @@ def test_compile_graph_backend_runs_in_onnxruntime():
     x = f32(3, 5)
     assert_close(exe([x]), evaluate(b.graph, [x]))
     assert "Gemm" in exe.source()
+
+
+@pytest.mark.parametrize("codes", ["i8", "i4", "u8"])
+def test_weight_only_quantized_matmul(codes):
+    from nnfuse.ir import dtype
+    k, n, g = 16, 6, 4
+    w = f32(k, n)
+    scale = (np.abs(w).reshape(k // g, g, n).max(1) / 7).astype(np.float32)
+    zero = None if codes != "u8" else np.full((k // g, n), 8, dtype(codes).np)
+    q = np.clip(np.round(w / np.repeat(scale, g, 0)) + (8 if zero is not None else 0), -8, 15).astype(dtype(codes).np)
+    b = Builder("wq")
+    x = b.input("x", [3, k])
+    deq = b.dequantize(*([b.const(q, "wq"), b.const(scale, "s")] + ([b.const(zero, "z")] if zero is not None else [])), axis=0, group=g)
+    b.output(b.matmul(x, deq))
+    roundtrip(b.graph, f32(3, k), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_qdq_matmul_integer_and_hadamard():
+    b = Builder("q")
+    x = b.input("x", [4, 8])
+    s = b.const(np.float32(0.05), "sx")
+    qx = b.quantize(x, s, dtype="i8")
+    wq = b.const(np.random.default_rng(3).integers(-100, 100, (8, 5)).astype(np.int8), "wq")
+    acc = b.matmul_integer(qx, wq)
+    y = b.mul(b.cast(acc, to="f32"), b.const(np.float32(0.05 * 0.01), "s2"))
+    b.output(y, b.dequantize(qx, s), b.hadamard(x))
+    roundtrip(b.graph, f32(4, 8) * 3, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_w8a8_matmul():
+    b = Builder("w8a8")
+    x = b.input("x", [2, 3, 8])
+    qx, sx = b.quantize_dynamic(x, dtype="i8")
+    wq = b.const(np.random.default_rng(4).integers(-127, 127, (8, 4)).astype(np.int8), "wq")
+    acc = b.matmul_integer(qx, wq)
+    b.output(b.mul(b.mul(b.cast(acc, to="f32"), sx), b.const(np.float32(0.01), "sw")), qx, names=["y", "qx"])
+    roundtrip(b.graph, f32(2, 3, 8), rtol=1e-5, atol=1e-5)

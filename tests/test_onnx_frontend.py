@@ -239,3 +239,14 @@ def test_opset6_legacy_semantics():
     e = np.exp(flat - flat.max(1, keepdims=True))
     np.testing.assert_allclose(y, (e / e.sum(1, keepdims=True)).reshape(2, 3, 4), rtol=1e-5)
     np.testing.assert_allclose(mm, a * 2, rtol=1e-6)
+
+
+def test_qdq_import_matches_onnxruntime():
+    w = R.integers(-127, 127, (8, 5)).astype(np.int8)
+    nodes = [N("QuantizeLinear", ["x", "sx", "zx"], ["qx"]), N("DequantizeLinear", ["qx", "sx", "zx"], ["dx"]),
+             N("DequantizeLinear", ["w", "sw"], ["dw"], axis=1), N("MatMul", ["dx", "dw"], ["y"]),
+             N("MatMulInteger", ["qx", "w8", "zx"], ["acc"])]
+    inits = [init("sx", np.float32(0.02)), init("zx", np.uint8(128)), init("w", w), init("sw", np.abs(f32(5)) * 0.01),
+             init("w8", R.integers(0, 255, (8, 5)).astype(np.uint8))]
+    m = model(nodes, [vi("x", [3, 8])], [vi("y", None), vi("acc", None, np.int32)], inits)
+    check_import_export(m, {"x": f32(3, 8)})

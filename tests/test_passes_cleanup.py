@@ -143,3 +143,27 @@ def test_pass_that_breaks_the_graph_is_named():
     g = b.output(b.exp(b.relu(x)))
     with pytest.raises(NnfuseError, match="test-break"):
         optimize(g, passes=["test-break"], verify_each=True)
+
+
+def test_fold_decomposed_batchnorm_into_conv():
+    """conv * s[C,1,1] + t[1,C,1,1] (a batch norm written out, as torch-mlir emits it) folds into the conv."""
+    rng = np.random.default_rng(3)
+    b = Builder()
+    x = b.input("x", [2, 3, 5, 5])
+    y = b.conv(x, b.const(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"), pads=[1, 1, 1, 1])
+    y = b.add(b.mul(y, b.const(rng.standard_normal((4, 1, 1)).astype(np.float32), "s")),
+              b.const(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "t"))
+    z = b.mul(b.conv(x, b.const(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w2")),
+              b.const(rng.standard_normal(5).astype(np.float32), "not_per_channel"))  # varies along W: kept
+    g = b.output(b.relu(y), z)
+    opt, rep = check_passes(g, passes=["fold-batchnorm"], rtol=1e-4, atol=1e-5)
+    assert sorted(ops(opt)) == ["conv", "conv", "mul", "relu"] and rep["fold-batchnorm"].stats["conv_affine_folded"] == 2
+
+
+def test_shape_ops_of_a_splat_become_a_splat():
+    b = Builder()
+    x = b.input("x", [6, 4])
+    w = b.transpose(b.reshape(b.constant_of_shape(shape=[2, 12], value=0.5), shape=[4, 6]), perm=[1, 0])
+    g = b.output(b.add(x, w))
+    opt, _ = check_passes(g, passes=["canonicalize"], fold_max_elements=4)
+    assert ops(opt) == ["constant_of_shape", "add"] and opt.nodes[0].attrs["shape"] == (6, 4)

@@ -331,3 +331,16 @@ def test_symbolic_dims_through_o3():
     g = b.output(b.relu(y))
     opt, _ = check_passes(g, level=3)
     assert ops(opt) == ["fused:layer_norm", "fused:gemm"] and opt.outputs[0].type.shape == ("B", 4, 16)
+
+
+def test_cli_dump_print_after_all_shows_nested_regions(tmp_path, capsys):
+    from nnfuse.cli import main
+    from nnfuse.ir import save
+    path = str(tmp_path / "block.nnir")
+    save(ex.resnet_block(), path)
+    assert main(["dump", path, "--print-after-all", "-O", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("// ----- IR after") == len(__import__("nnfuse.passes", fromlist=["pipeline"]).pipeline(3))
+    assert "IR after fold-batchnorm" in text and "batch_norm" not in text.split("IR after fold-batchnorm")[1]
+    final = text.split("IR after fuse-producers")[1]
+    assert final.count('fused(') >= 2 and final.count("graph @conv(") >= 2  # regions print as nested bodies

@@ -87,3 +87,15 @@ def test_llama_meta_dynamic_batch_and_no_weight_copies():
     for b in (1, 3):
         x = _input("llama", b)
         np.testing.assert_allclose(cm(x).numpy(), _ref(m, x)[0].numpy(), atol=ATOL, rtol=0)
+
+
+def test_bert_dynamic_batch_and_sequence():
+    m = _model("bert")
+    dims = {"input_ids": {0: torch.export.Dim("B"), 1: torch.export.Dim("S", max=32)}}
+    cm = nnfuse.compile(m, (_input("bert"),), dynamic_shapes=dims, opt_level=0)
+    assert cm.graph.inputs[0].type.shape == ("B", "S")
+    for b, s in ((1, 5), (3, 17)):
+        x = torch.randint(0, 256, (b, s), generator=torch.Generator().manual_seed(s))
+        got = cm(x)
+        for g, r in zip(got, _ref(m, x)):
+            np.testing.assert_allclose(g.numpy(), r.numpy(), atol=ATOL, rtol=0)

@@ -151,3 +151,20 @@ def test_bad_inputs_are_clear_errors():
         exe([])
     with pytest.raises(NnfuseError, match="expected 12 elements"):
         exe([np.zeros((5,), np.float32)])
+
+
+def test_autotune_times_then_reuses_cached_choices(tmp_path, monkeypatch):
+    """The mechanism (candidates timed, the choice cached per device + kernel source, reused); under the interpreter
+    the timings mean nothing, so only the numbers and the cache behaviour are asserted."""
+    monkeypatch.setenv("NNFUSE_CACHE_DIR", str(tmp_path))
+    g = graph(lambda b, x, y: b.relu(b.matmul(x, y)), ((70, 20), "f32"), ((20, 40), "f32"))
+    rng = np.random.default_rng(0)
+    ins = [rng.standard_normal((70, 20)).astype(np.float32), rng.standard_normal((20, 40)).astype(np.float32)]
+    exe = tb.compile_graph(g, autotune=True)
+    assert exe.stats()["autotune"] == {"timed": 1, "cached": 0}
+    assert (tmp_path / "triton" / "autotune.json").exists()
+    compare(exe(ins), evaluate(g, ins))
+    exe2 = tb.compile_graph(g, autotune=True)
+    assert exe2.stats()["autotune"] == {"timed": 0, "cached": 1}
+    assert exe2.source() == exe.source()
+    compare(exe2(ins), evaluate(g, ins))

@@ -41,6 +41,8 @@ class CpuExecutable:
         self.blas = blas is not None
         self.lib.nnf_set_blas(ctypes.c_void_p(blas[1] if blas else None), ctypes.c_void_p(blas[2] if blas else None))
         self.lib.nnf_set_threads(ctypes.c_int(threads))
+        self.gemm = os.environ.get("NNFUSE_GEMM", "generated")   # "blas": OpenBLAS for every f32 gemm (for comparisons)
+        self.lib.nnf_set_gemm_mode(ctypes.c_int(1 if self.gemm == "blas" and self.blas else 0))
         self._run = self.lib.nnf_run
         self._run.argtypes = [ctypes.c_void_p] * 4
         self._run.restype = ctypes.c_int
@@ -78,7 +80,7 @@ class CpuExecutable:
     def stats(self) -> dict:
         s = self.program.stats()
         s.update({"cache_hit": self.cache_hit, "c_compile_seconds": round(self.compile_s, 3), "threads": self.threads,
-                  "blas": "openblas" if self.blas else "generated-c", "library": self.lib_path})
+                  "blas": "openblas" if self.blas else "generated-c", "gemm": self.gemm, "library": self.lib_path})
         return s
 
 

@@ -7,14 +7,13 @@ checks); calling such an executable raises a clear error naming the backends ava
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Sequence, Union
 
 import numpy as np
 
 from ...ir import Graph, NnfuseError
 from ...ir.kernel import Program
-from .build import CudaBuildError, build, find_nvcc  # noqa: F401
+from .nvcc import CudaBuildError, build, find_nvcc  # noqa: F401
 from .codegen import ABI_VERSION, CudaCodegenError, arch_number, generate  # noqa: F401
 
 TORCH_DTYPES = {"f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
@@ -126,6 +125,9 @@ def compile_program(program: Program, arch: Union[str, Sequence[str], None] = No
     archs = [arch] if isinstance(arch, str) else list(arch or [default_arch()])
     if not build_only and not gpu_available():
         raise no_gpu_error()
+    if options.pop("fuse_attention", True):
+        from ..attention_fuse import fuse_attention
+        fuse_attention(program)
     # kernels pick their code path (tensor cores or not) for the lowest target they must run on
     src = generate(program, min(archs, key=arch_number))
     path, hit, secs = build(src, archs)

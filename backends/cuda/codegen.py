@@ -208,7 +208,7 @@ class KernelWriter:
             s += f"      if ({better}) {{ r = v; ri = rr; }}\n    }}\n"
             # tree: the better value wins; ties go to the first (or last) index
             tie = "bi > ai" if k.select_last else "bi < ai"
-            bnan = " || (b != b && a == a)" if isf else ""
+            bnan = f" || (b != b && (a == a || {tie}))" if isf else ""   # NaN wins; between NaNs the tie rule
             s += (f"    sh[threadIdx.x] = r; shi[threadIdx.x] = ri; __syncthreads();\n"
                   f"    for (int st = blockDim.x / 2; st > 0; st >>= 1) {{\n"
                   f"      if ((int)threadIdx.x < st) {{\n"

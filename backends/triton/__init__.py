@@ -69,6 +69,7 @@ class TritonExecutable:
         self.device = device
         self.cache_hit = cache_hit
         self.gen_s = gen_s
+        self.autotuned: dict = {}
         p = program
 
         def tdt(b):
@@ -104,11 +105,16 @@ class TritonExecutable:
         s = self.program.stats()
         s.update({"device": self.device, "interpreter": interpreting(), "cache_hit": self.cache_hit,
                   "codegen_seconds": round(self.gen_s, 3), "module": self.path})
+        if self.autotuned:
+            s["autotune"] = self.autotuned
         return s
 
 
 def compile_program(program: Program, device: str | None = None, **options) -> TritonExecutable:
     t0 = time.perf_counter()
+    if options.pop("fuse_attention", True):
+        from ..attention_fuse import fuse_attention
+        fuse_attention(program)
     options.setdefault("interpret", interpreting())
     src, _ = generate(program, options)
     path, name, hit = write_source(src)
@@ -118,7 +124,15 @@ def compile_program(program: Program, device: str | None = None, **options) -> T
     except ImportError:
         raise NnfuseError("the triton backend needs the 'triton' package: pip install triton") from None
     mod = load_module(path, name)
-    return TritonExecutable(program, src, path, mod, dev, hit, time.perf_counter() - t0)
+    exe = TritonExecutable(program, src, path, mod, dev, hit, time.perf_counter() - t0)
+    if options.get("autotune"):
+        from .autotune import autotune
+        tuned = autotune(program, exe, options)
+        src, _ = generate(program, options)   # the chosen schedules are now in the kernels
+        path, name, hit = write_source(src)
+        exe = TritonExecutable(program, src, path, load_module(path, name), dev, hit, time.perf_counter() - t0)
+        exe.autotuned = tuned
+    return exe
 
 
 def compile_graph(graph: Graph, device: str | None = None, **options) -> TritonExecutable:

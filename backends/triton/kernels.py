@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ...ir.kernel import (Access, Attention, Conv, Gemm, Kernel, Pointwise, QuantOperand, Reduce, RowNorm)
-from .expr import Emitter, TritonCodegenError, comp_type, literal, store_value, tl_type
+from .expr import Emitter, TritonCodegenError, comp_type, store_value, tl_type
 
 
 def pow2(n: int, lo: int = 1, hi: int = 1 << 30) -> int:
@@ -468,4 +468,4 @@ def write_kernel(k: Kernel, options: dict) -> tuple[list, Launch, list]:
     return lines, launch, w.bufs
 
 
-__all__ = ["Launch", "write_kernel", "literal", "pow2"]
+__all__ = ["Launch", "write_kernel", "pow2"]
