@@ -18,9 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..ir import Graph, Node, NnfuseError, TensorType, Value
-from ..ir.ops import norm_axis
-from ..ir.ops.shape import slice_bounds
+from ..ir import Graph, NnfuseError, TensorType, Value
 from .mlir_prep import check_static, prepare
 
 ELEM = {"f32": "f32", "f64": "f64", "f16": "f16", "bf16": "bf16", "i64": "i64", "i32": "i32", "i16": "i16", "i8": "i8",
@@ -74,7 +72,7 @@ def _nested(a: np.ndarray) -> str:
     return "[" + ", ".join(_nested(x) for x in a) + "]"
 
 
-def _amap(rank: int, exprs: list[str], syms: str = "") -> str:
+def _amap(rank: int, exprs: list[str]) -> str:
     return f"affine_map<({', '.join(f'd{i}' for i in range(rank))}) -> ({', '.join(exprs)})>"
 
 

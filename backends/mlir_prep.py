@@ -227,6 +227,7 @@ def _pool1d(b, n, x, **attrs):
 
 
 DECOMPOSE = {
+    "shape": lambda b, n, x, start=0, end=None: b.g.add_const("shape", np.asarray(x.type.shape[start:end], dtype=np.int64)),
     "conv": _conv,
     "max_pool": _pool1d,
     "avg_pool": _pool1d,

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--target", type=float, default=1.3)
     ap.add_argument("--backend", default="cpu", help="nnfuse backend to time (cpu; reference when cpu is unavailable)")
-    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the variants (median)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -77,16 +78,15 @@ def main(argv=None) -> int:
     so.intra_op_num_threads = a.threads
     so.log_severity_level = 3
     base_sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    ort_src = median_ms(lambda: base_sess.run(None, {"input_ids": ids}), a.repeat)
-    rows, base = [], None
+    t_src = []
+    built = []
     for name, passes, opts in variants:
         h, rep = optimize(g, passes=passes, emit=lambda s: None, **cal, **opts)
         st = rep.results[0].stats if rep.results else {}
         h, _ = optimize(h, opt_level=2)
-        path = os.path.join(tmp, f"v{len(rows)}.onnx")
+        path = os.path.join(tmp, f"v{len(built)}.onnx")
         export(h, path)
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        t_ort = median_ms(lambda: sess.run(None, {"input_ids": ids}), a.repeat)
         backend = a.backend
         try:
             cm = nnfuse.compile(h, backend=backend, opt_level=0)
@@ -94,23 +94,30 @@ def main(argv=None) -> int:
             print(f"# {backend} backend failed on {name}: {str(e)[:200]}; timing the reference backend", file=sys.stderr)
             backend = "reference"
             cm = nnfuse.compile(h, backend=backend, opt_level=0)
-        t_nn = median_ms(lambda: cm(ids), a.repeat)
         mm = sum(n.op == "matmul" or (n.body is not None and any(m.op == "matmul" for m in n.body.nodes)) for n in h.nodes)
-        if base is None:
-            base = (t_nn, t_ort)
-        requested = st.get("target_speedup")
-        err = st.get("max_abs_err", 0.0)
-        rel = st.get("rel_err", 0.0)
+        built.append((name, st, sess, cm, backend, mm))
+    # round-robin over the variants so load drift on a shared machine hits them alike; median per variant
+    t_nn = {i: [] for i in range(len(built))}
+    t_ort = {i: [] for i in range(len(built))}
+    for _ in range(a.rounds):
+        t_src.append(median_ms(lambda: base_sess.run(None, {"input_ids": ids}), a.repeat))
+        for i, (_, _, sess, cm, _, _) in enumerate(built):
+            t_ort[i].append(median_ms(lambda: sess.run(None, {"input_ids": ids}), a.repeat))
+            t_nn[i].append(median_ms(lambda: cm(ids), a.repeat))
+    rows = []
+    for i, (name, st, _, _, backend, mm) in enumerate(built):
+        tn, to = float(np.median(t_nn[i])), float(np.median(t_ort[i]))
+        base = (float(np.median(t_nn[0])), float(np.median(t_ort[0])))
         extra = ""
         if "skipped_layers" in st:
             extra = f"skipped {st['skipped_layers']}, predicted {st['predicted_speedup']:.2f}x"
-        elif st.get("fused"):
-            extra = "; ".join(f"fused {f['layers']} GEMMs {f['gemms'][0]}->{f['gemms'][1]}" for f in st["fused"])
-            if st.get("attention_dropped"):
-                extra = f"attention dropped {st['attention_dropped']}; " + extra
-        rows.append((name, mm, t_nn, base[0] / t_nn, t_ort, base[1] / t_ort, requested, err, rel, extra, backend))
+        elif "fused" in st:
+            extra = "; ".join([f"attention dropped {st['attention_dropped']}"] * bool(st.get("attention_dropped")) +
+                              [f"fused {f['layers']} GEMMs {f['gemms'][0]}->{f['gemms'][1]}" for f in st["fused"]])
+        rows.append((name, mm, tn, base[0] / tn, to, base[1] / to, st.get("target_speedup"), st.get("max_abs_err", 0.0),
+                     st.get("rel_err", 0.0), extra, backend))
     print(f"LLaMA-style {a.layers} layers, hidden {a.hidden}, inter {a.inter}, vocab {a.vocab}, seq {a.seq}, "
-          f"{a.threads} threads; torch-exported original in onnxruntime: {ort_src:.2f} ms\n")
+          f"{a.threads} threads; torch-exported original in onnxruntime: {np.median(t_src):.2f} ms\n")
     print("| model | GEMM nodes | nnfuse ms | speedup | onnxruntime ms | speedup | requested | max abs err | rel err | what |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, mm, tn, sn, to, so_, req, err, rel, extra, backend in rows:

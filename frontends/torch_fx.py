@@ -141,6 +141,10 @@ def lower(*names: str) -> Callable:
     return deco
 
 
+class _Failed:
+    """The env entry of a node that could not be lowered (its dependents are skipped, not re-reported)."""
+
+
 class SymExpr:
     """A symbolic int torch knows but the IR cannot spell (S+1): an error only when actually used as a dim."""
 
@@ -265,6 +269,7 @@ class Importer:
         if missing:
             raise Unsupported(unsupported_message(missing))
         outputs: list[Value] = []
+        errors: list[str] = []  # every node that fails on its own (its dependents are skipped), reported at once
         for n in graph.nodes:
             self.node = n
             self.meta = {k: v for k, v in (("loc", node_loc(n)), ("src", node_src(n))) if v}
@@ -274,9 +279,18 @@ class Importer:
             elif n.op == "get_attr":
                 self.env[n] = self._get_attr(graph, n)
             elif n.op == "call_function":
-                self.env[n] = self._call(n, lower)
-            elif n.op == "output":
+                if any(isinstance(self.env.get(a), _Failed) for a in n.all_input_nodes):
+                    self.env[n] = _Failed()
+                    continue
+                try:
+                    self.env[n] = self._call(n, lower)
+                except Unsupported as e:
+                    errors.append(str(e))
+                    self.env[n] = _Failed()
+            elif n.op == "output" and not errors:
                 outputs = self._outputs(n.args[0])
+        if errors:
+            raise Unsupported(errors[0] if len(errors) == 1 else f"{len(errors)} nodes cannot be lowered:\n  " + "\n  ".join(errors))
         return outputs
 
     def _symbolic(self, n: torch.fx.Node) -> bool:

@@ -117,9 +117,7 @@ class Stack:
             return ["no residual blocks found"]
         lines = [f"{len(self.layers)} layers, {len(self.blocks)} residual blocks (found by {self.method})"]
         for L in self.layers:
-            parts = [f"{name} {b.describe()}" for name, b in (("attn", L.attention), ("ffn", L.ffn)) if b is not None]
-            parts += [f"other {b.describe()}" for b in L.other]
-            lines.append(f"  layer {L.index}: " + "; ".join(parts))
+            lines.append(f"  layer {L.index}: " + "; ".join(b.describe() for b in L.blocks))
         return lines
 
 

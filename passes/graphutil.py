@@ -1,6 +1,7 @@
 """Small graph helpers shared by the passes: use maps, constant values, topological order, dead code."""
 from __future__ import annotations
 
+import heapq
 from typing import Optional
 
 import numpy as np
@@ -33,11 +34,6 @@ def splat_value(v: Value) -> Optional[float]:
     return float(first)
 
 
-def uses(g: Graph) -> dict[int, int]:
-    """Value id -> number of reads (node operands plus graph outputs)."""
-    return g.use_counts()
-
-
 def topo_sort(g: Graph) -> None:
     """Reorder g.nodes so every operand is defined first; keeps the existing order where it is already valid."""
     producer_pos = {id(n): i for i, n in enumerate(g.nodes)}
@@ -48,7 +44,6 @@ def topo_sort(g: Graph) -> None:
         deps[i] = list(ds)
         for d in ds:
             users.setdefault(d, []).append(i)
-    import heapq
     indeg = {i: len(deps[i]) for i in deps}
     ready = [i for i, d in indeg.items() if d == 0]
     heapq.heapify(ready)
@@ -79,11 +74,6 @@ def remove_dead(g: Graph) -> int:
     keep.reverse()
     g.nodes = keep
     return removed
-
-
-def replace_value(g: Graph, old: Value, new: Value) -> None:
-    """Every reader of `old` (and the graph outputs) reads `new` instead."""
-    g.replace_uses(old, new)
 
 
 def numel_est(shape: tuple, sym: int = 64) -> int:

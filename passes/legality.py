@@ -1,4 +1,4 @@
-"""Fusion legality on the networkx view (ir.to_networkx): a group may not create a cycle.
+"""Fusion legality on the networkx view (the node-to-node edges of ir.to_networkx): a group may not create a cycle.
 
 Contracting a group into one node creates a cycle exactly when some path leaves the group and comes
 back: member -> non-member -> ... -> member. The view's node ids are positions in `graph.nodes`, which
@@ -6,7 +6,25 @@ is topologically ordered, so the search from a non-member never needs to look pa
 """
 from __future__ import annotations
 
+import networkx as nx
+
 from ..ir import Graph, Node
+
+
+def dag(g: Graph) -> nx.DiGraph:
+    """The node-to-node part of `graph.to_networkx()` (same node ids: positions in g.nodes), without the
+    printed labels, inputs and constants, which legality does not need and which dominate its build time."""
+    d = nx.DiGraph()
+    d.add_nodes_from(range(len(g.nodes)))
+    pos = {}
+    for i, n in enumerate(g.nodes):
+        for v in n.inputs:
+            j = pos.get(v.id)
+            if j is not None:
+                d.add_edge(j, i)
+        for o in n.outputs:
+            pos[o.id] = i
+    return d
 
 
 class View:
@@ -14,7 +32,7 @@ class View:
 
     def __init__(self, g: Graph):
         self.graph = g
-        self.nx = g.to_networkx()
+        self.nx = dag(g)
         self.pos = {id(n): i for i, n in enumerate(g.nodes)}
         self.readers: dict[int, list[Node]] = {}
         for n in g.nodes:

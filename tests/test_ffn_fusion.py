@@ -40,7 +40,7 @@ def test_discovery_finds_layers_from_paths_and_structure(loc, primitive):
         assert L.ffn.entry is L.attention.exit
     if loc:
         assert st.layers[1].ffn.loc == "model.layers.1.mlp"
-    assert "layer 2: attn attention" in "\n".join(st.describe())
+    assert "layer 2: attention (" in "\n".join(st.describe())
 
 
 def test_no_blocks_in_a_plain_mlp():

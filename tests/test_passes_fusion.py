@@ -344,3 +344,11 @@ def test_cli_dump_print_after_all_shows_nested_regions(tmp_path, capsys):
     assert "IR after fold-batchnorm" in text and "batch_norm" not in text.split("IR after fold-batchnorm")[1]
     final = text.split("IR after fuse-producers")[1]
     assert final.count('fused(') >= 2 and final.count("graph @conv(") >= 2  # regions print as nested bodies
+
+
+def test_legality_view_is_the_networkx_view():
+    from nnfuse.passes.legality import dag
+    g = ex.transformer_block()
+    full = g.to_networkx()
+    want = {(u, v) for u, v in full.edges if isinstance(u, int) and isinstance(v, int)}
+    assert set(dag(g).edges) == want and set(dag(g).nodes) == {n for n in full.nodes if isinstance(n, int)}

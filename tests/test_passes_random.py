@@ -4,6 +4,7 @@ pipeline with verification after every pass; the reference outputs must not chan
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,10 @@ def test_random_graphs_each_pass_alone(g):
     from nnfuse.passes import pipeline
     for name in pipeline(3):
         check_passes(g, passes=[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_graph(), st.integers(0, 3))
+def test_random_graphs_through_o3_long(g, seed):
+    check_passes(g, level=3, rtol=1e-4, atol=1e-5, seed=seed)

@@ -124,3 +124,13 @@ def test_trained_tiny_model_perplexity():
     cm = nnfuse.compile(m, (ids,), quantize="w8a8")
     ppl = perplexity(lambda t: cm(t).astype(np.float32) if isinstance(cm(t), np.ndarray) else cm(t), toks)
     assert ppl < base * 1.02
+
+
+@pytest.mark.parametrize("scheme,kw", [("w4a4", {"rotate": True})])
+def test_llama_onnx_export_matches_nnfuse(llama, scheme, kw):
+    m, x, ref, g = llama
+    a = nnfuse.compile(g, backend="reference", quantize=scheme, **kw)
+    b = nnfuse.compile(g, backend="onnx", quantize=scheme, **kw)
+    ra, rb = a(x.numpy()), b(x.numpy())
+    assert rel(rb, ra) < 1e-5            # onnxruntime runs the exported QDQ / MatMulInteger / Hadamard graph
+    assert rel(rb, ref) == pytest.approx(rel(ra, ref), rel=1e-3)

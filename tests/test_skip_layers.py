@@ -113,4 +113,4 @@ def test_cli_flags_and_inspect(tmp_path, capsys):
         assert s.run(None, {s.get_inputs()[0].name: x})[0].shape == (1, 8, 64)
     assert main(["inspect", src]) == 0
     text = capsys.readouterr().out
-    assert "6 layers, 12 residual blocks" in text and "layer 5: attn attention" in text
+    assert "6 layers, 12 residual blocks" in text and "layer 5: attention (" in text

@@ -757,10 +757,21 @@ def to_np(name: str):
 
 
 def generate(p: Program) -> str:
+    """Kernels whose C bodies are identical (the same layer repeated: only the buffers differ, and those are
+    parameters) are emitted once and called many times: less C to compile, same machine code."""
     parts = [PRELUDE % {"abi": ABI_VERSION}, _tables(p)]
+    seen: dict[str, str] = {}
+    calls = []
     for k in p.kernels:
-        parts.append(KernelWriter(k).write())
-    parts.append(entry(p))
+        w = KernelWriter(k)
+        text = w.write()
+        body = text.replace(f"static void {k.name}(", "static void @(", 1)
+        fn = seen.get(body)
+        if fn is None:
+            fn = seen[body] = k.name
+            parts.append(text)
+        calls.append((fn, [_ptr(b) for b in w.bufs]))
+    parts.append(entry(calls))
     return "\n".join(parts)
 
 
@@ -775,11 +786,10 @@ def _ptr(b: Buffer) -> str:
     return f"(({t}*)(arena + {b.offset}))"
 
 
-def entry(p: Program) -> str:
+def entry(calls: list) -> str:
     lines = ["int nnf_run(void* const* in, void* const* out, void* const* w, char* arena) {",
              "  (void)in; (void)out; (void)w; (void)arena;"]
-    for k in p.kernels:
-        args = [_ptr(b) for b in KernelWriter(k).bufs]
-        lines.append(f"  {k.name}({', '.join(args)});")
+    for fn, args in calls:
+        lines.append(f"  {fn}({', '.join(args)});")
     lines.append("  return 0;\n}\n")
     return "\n".join(lines)
