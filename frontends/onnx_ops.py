@@ -599,9 +599,13 @@ def ONNX_DTYPES_BY_NP(npdt):  # noqa: N802
 @handler("Range")
 def _range(im, n):
     start, limit, delta = (im.const_input(i, w) for i, w in enumerate(("start", "limit", "delta")))
+    dt = im.value(im.inp(0)).type.dtype.name if start.dtype != object else "i64"
+    if limit.dtype == object and start.dtype != object and delta.dtype != object and float(start) == 0 and float(delta) == 1:
+        # range(0, S) over a symbolic S: the exclusive running sum of S ones
+        ones = im.emit("constant_of_shape", [], shape=[limit.reshape(-1)[0]], value=1.0, dtype=dt)
+        return im.emit("cumsum", [ones], axis=0, exclusive=True)
     if any(c.dtype == object for c in (start, limit, delta)):
         raise im.error("Range bounds depend on a symbolic dim; fix the input shapes with --input-shape")
-    dt = im.value(im.inp(0)).type.dtype.name
     return im.emit("arange", [], start=float(start), end=float(limit), step=float(delta), dtype=dt)
 
 

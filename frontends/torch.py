@@ -11,8 +11,8 @@
 
 Node meta: "loc" = module path as `named_modules()` spells it, "src" = "file.py:line" (see torch_fx).
 Dynamic shapes: `dynamic=True` makes dim 0 of every tensor input a batch symbol "B" (torch's Dim.AUTO, so
-a size torch must specialize stays static; an example batch of 1 is traced as a batch of 2 so it stays B); `dynamic_shapes` (torch.export's format) names any dims, and
-the IR symbol is the `Dim`'s name. Sequence dims are not made dynamic by `dynamic=True`: transformers'
+a size torch must specialize stays static; an example batch of 1 is traced as a batch of 2 so it stays B);
+`dynamic_shapes` (torch.export's format) names any dims, and the IR symbol is the `Dim`'s name. Sequence dims are not made dynamic by `dynamic=True`: transformers'
 mask code computes sizes like S+1, which an IR dim cannot spell (`Importer.dim` says so when it happens).
 """
 from __future__ import annotations
@@ -50,16 +50,16 @@ def load(model: torch.nn.Module, example_inputs: tuple, dynamic: bool = False, d
     tensors = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
     names: dict = {}  # (index among the tensor inputs, axis) -> IR symbol
     if dynamic_shapes is None and dynamic:
+        if any(t.dim() > 0 and t.shape[0] == 1 for t in tensors):
+            # torch specializes a size-1 dim to the constant 1: trace with the example rows repeated to a batch
+            # of 2 (values matter only to data-dependent code, which torch.export rejects anyway)
+            example_inputs = pytree.tree_map(lambda t: t.repeat(2, *[1] * (t.dim() - 1)) if isinstance(t, torch.Tensor)
+                                             and t.dim() > 0 and t.shape[0] == 1 else t, example_inputs)
+            tensors = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
         dynamic_shapes = _batch_spec(tensors)
         names = {(i, 0): "B" for i, t in enumerate(tensors) if t.dim() > 0}
     elif dynamic_shapes is not None:
         names = _dim_names(model, example_inputs, dynamic_shapes, tensors)
-    if dynamic and any(t.dim() > 0 and t.shape[0] == 1 for t in tensors):
-        # torch specializes a size-1 dim to the constant 1: trace with the example rows repeated to a batch of 2
-        # (values matter only to data-dependent code, which torch.export rejects anyway)
-        example_inputs = pytree.tree_map(lambda t: t.repeat(2, *[1] * (t.dim() - 1))
-                                         if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 else t, example_inputs)
-        dynamic_shapes = _batch_spec(pytree.tree_leaves(example_inputs))
     ep = export(model, example_inputs, dynamic_shapes, strict)
     return from_exported(ep, type(model).__name__, _symbol_names(ep, names))
 

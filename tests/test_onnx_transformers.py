@@ -74,3 +74,40 @@ def test_dynamic_shape_export_imports_with_fixed_shapes(name, models, tmp_path):
     g = load(p, input_shapes={"input_ids": [2, 16]})
     assert not any(n.op in ("shape", "arange") for n in g.nodes)
     assert_close(evaluate(g, [x.numpy()]), ort_run(p, {"input_ids": x.numpy()}), rtol=1e-4, atol=1e-4)
+
+
+class _Attn(torch.nn.Module):
+    """Attention with the view/reshape/arange/zeros-by-size patterns TorchScript exports as shape subgraphs."""
+
+    def __init__(self, d=32, h=4):
+        super().__init__()
+        self.h, self.qkv, self.o, self.ln = h, torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d), torch.nn.LayerNorm(d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln(x)).split(d, dim=-1)
+        q, k = q.view(b, t, self.h, d // self.h).transpose(1, 2), k.view(b, t, self.h, -1).transpose(1, 2)
+        v = v.reshape(b, t, self.h, -1).transpose(1, 2)
+        a = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1) @ v
+        pos = torch.arange(t).float().unsqueeze(-1).expand(t, d)
+        return x + self.o(a.transpose(1, 2).reshape(b, t, d)) + torch.zeros(x.size(0), t, d) + pos * 0.01
+
+
+def test_torchscript_dynamic_axes_export_folds_shape_subgraphs(tmp_path):
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape, Range, ConstantOfShape, Expand over dynamic axes fold into
+    symbolic attributes; the graph runs for several shapes, on the reference and exported back to onnxruntime."""
+    torch.manual_seed(0)
+    p = str(tmp_path / "attn.onnx")
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Attn().eval(), (torch.randn(2, 5, 32),), p, input_names=["x"], output_names=["y"], dynamo=False,
+                          opset_version=17, dynamic_axes={"x": {0: "batch", 1: "seq"}})
+    g = load(p)
+    assert g.inputs[0].type.shape == ("batch", "seq", 32)
+    assert not any(n.op in ("shape", "gather", "concat") for n in g.nodes)
+    m2 = export(g)
+    for shape in [(2, 5, 32), (3, 7, 32)]:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        want = ort_run(p, {"x": x})
+        assert_close(evaluate(g, [x]), want, rtol=1e-4, atol=1e-5)
+        assert_close(ort_run(m2, {"x": x}), want, rtol=1e-4, atol=1e-5)

@@ -218,7 +218,7 @@ def test_module_path_normalization():
 # ---------------------------------------------------------------- dynamic shapes
 def test_dynamic_batch_one_compile_many_sizes():
     m = _randomize_bn(CNN()).eval()
-    cm = nnfuse.compile(m, (rn(2, 3, 16, 16),), dynamic=True)
+    cm = nnfuse.compile(m, (rn(1, 3, 16, 16),), dynamic=True)  # an example batch of 1 still gives a symbolic B
     assert cm.graph.inputs[0].type.shape == ("B", 3, 16, 16)
     with torch.no_grad():
         for b in (1, 3, 6):

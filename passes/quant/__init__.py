@@ -4,7 +4,7 @@ Passes: quantize-weights, quantize-dynamic, quantize-static, rotate-hadamard, re
 `nnfuse.compile(..., quantize=..., rotate=True, reorder=True)` inserts them before the generic fusion passes
 (see `pipeline.add_quant_passes`, a hook of the pass manager).
 """
-from . import activations, fuse, reorder, rotate, weights  # noqa: F401  (register the passes)
+from . import activations, decompose, fuse, reorder, rotate, weights  # noqa: F401  (register the passes)
 from .config import PRESETS, QuantConfig, parse_config  # noqa: F401
 from .pipeline import add_quant_passes  # noqa: F401
 from ..manager import PIPELINE_HOOKS

@@ -6,7 +6,11 @@ from typing import Sequence
 from ..manager import PASSES
 from .config import parse_config
 
-QUANT_PASSES = ("rotate-hadamard", "reorder-channels", "quantize-weights", "quantize-dynamic", "quantize-static", "fuse-qdq")
+QUANT_PASSES = ("rotate-hadamard", "reorder-channels", "quantize-weights", "quantize-dynamic", "quantize-static", "fuse-qdq",
+                "decompose-quant")
+# Backends that run the quantization ops themselves. Any other backend gets `decompose-quant` (same numbers in
+# primitive ops, weights dequantized at compile time) until its lowering of the quant ops exists.
+NATIVE_QUANT_BACKENDS = {"reference", "onnx"}
 
 
 def add_quant_passes(names: Sequence[str], options: dict) -> list[str]:
@@ -24,6 +28,8 @@ def add_quant_passes(names: Sequence[str], options: dict) -> list[str]:
     if q:
         mine.append(parse_config(q, options).pass_name)
     at = next((i for i, n in enumerate(names) if n.startswith("fuse-")), len(names))
-    if q and at < len(names):
+    if options.get("backend", "reference") not in NATIVE_QUANT_BACKENDS:
+        mine.append("decompose-quant")
+    elif q and at < len(names):
         mine.append("fuse-qdq")
     return names[:at] + mine + names[at:]
