@@ -109,6 +109,9 @@ class Stack:
     layers: list[Layer]
     method: str                   # "structure" or "structure+loc"
 
+    def of_kind(self, kind: str) -> list[Block]:
+        return [b for b in self.blocks if b.kind == kind]
+
     def describe(self) -> list[str]:
         if not self.blocks:
             return ["no residual blocks found"]

@@ -70,7 +70,9 @@ def infer_shapes(g: Graph, ctx: PassContext) -> dict:
 # ---- fold-constants
 def _foldable(n: Node) -> bool:
     # zero-operand ops (constant_of_shape, arange) fold too: their attributes are all they read
-    return (n.body is None and all(const_data(v) is not None for v in n.inputs) and "random" not in n.op
+    # A symbolic result shape (expand to [B,4]) is only known at run time: nothing to fold yet.
+    return (n.body is None and all(o.type.static for o in n.outputs)
+            and all(const_data(v) is not None for v in n.inputs) and "random" not in n.op
             and not (n.op in OPS and OPS[n.op].extra.get("keep_const")))  # dequantize(Wq, s) stays: the point is fewer bytes
 
 

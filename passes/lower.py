@@ -518,6 +518,25 @@ def _operand(L, t: Tensor, rows: int, cols: int) -> Access:
     return acc
 
 
+def _const_row_major(L, t: Tensor, k: int, n: int) -> Optional[Access]:
+    """A constant weight read as [k, n] with a non-unit n stride (e.g. x @ W^T) is re-laid out once, at compile
+    time, as a row-major copy: the gemm micro-kernel then streams it with vector loads (like a prepack)."""
+    e = t.expr
+    if not (isinstance(e, Load) and not e.indirect and e.access.buf.kind == "const" and e.access.strides[-1] != 1):
+        return None
+    acc = e.access
+    if any(acc.strides[:-2]) or k * n < 4096:
+        return None
+    src = L.const_data[acc.buf.index]
+    item = src.itemsize
+    view = np.lib.stride_tricks.as_strided(src.reshape(-1)[acc.offset:], (k, n), (acc.strides[-2] * item, acc.strides[-1] * item))
+    arr = np.ascontiguousarray(view)
+    b = Buffer(f"w{len(L.consts)}", acc.buf.dtype, arr.size, "const", len(L.consts), label=acc.buf.label + " (row-major copy)")
+    L.consts.append(b)
+    L.const_data.append(arr)
+    return Access(b, 0, (0,) * (len(acc.strides) - 2) + (n, 1))
+
+
 def _gemm_core(L, a: Tensor, b: Tensor, out_type, alpha=1.0, epi_fn=None) -> Tensor:
     """Batched a[..., m, k] @ b[..., k, n] (rank >= 2, batch dims broadcast to out_type's)."""
     m, k = a.shape[-2], a.shape[-1]
@@ -526,7 +545,7 @@ def _gemm_core(L, a: Tensor, b: Tensor, out_type, alpha=1.0, epi_fn=None) -> Ten
     a = broadcast(a, batch + (m, k))
     b = broadcast(b, batch + (k, n))
     aa = _operand(L, a, m, k)
-    ba = _operand(L, b, k, n)
+    ba = _const_row_major(L, b, k, n) or _operand(L, b, k, n)
     shape = batch + (m, n)
     buf = L.temp(out_type.dtype, numel(shape))
     oacc = Access(buf, 0, cstrides(shape))

@@ -167,3 +167,18 @@ def test_shape_ops_of_a_splat_become_a_splat():
     g = b.output(b.add(x, w))
     opt, _ = check_passes(g, passes=["canonicalize"], fold_max_elements=4)
     assert ops(opt) == ["constant_of_shape", "add"] and opt.nodes[0].attrs["shape"] == (6, 4)
+
+
+def test_fold_constants_leaves_symbolic_results_alone():
+    """expand(const, [B,4]) has constant operands but a run-time shape: it must not be folded (it used to crash)."""
+    import numpy as np
+    import nnfuse
+    from nnfuse.ir import Builder
+    b = Builder("sym")
+    x = b.input("x", ["B", 4])
+    c = b.const(np.arange(4, dtype=np.float32).reshape(1, 4), "c")
+    g = b.output(b.add(x, b.expand(c, shape=["B", 4])))
+    cm = nnfuse.compile(g, opt_level=2)
+    for batch in (1, 3):
+        xs = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
+        np.testing.assert_allclose(cm(xs), xs + np.arange(4, dtype=np.float32), rtol=1e-6)

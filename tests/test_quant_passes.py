@@ -134,3 +134,13 @@ def test_llama_onnx_export_matches_nnfuse(llama, scheme, kw):
     ra, rb = a(x.numpy()), b(x.numpy())
     assert rel(rb, ra) < 1e-5            # onnxruntime runs the exported QDQ / MatMulInteger / Hadamard graph
     assert rel(rb, ref) == pytest.approx(rel(ra, ref), rel=1e-3)
+
+
+def test_cpu_backend_fallback_matches_reference(llama):
+    m, x, ref, g = llama
+    a = nnfuse.compile(g, backend="reference", quantize="w4a4", rotate=True)
+    b = nnfuse.compile(g, backend="cpu", quantize="w4a4", rotate=True)
+    assert b.report["decompose-quant"].stats["op:matmul_integer"] == 15
+    assert rel(b(x.numpy()), a(x.numpy())) < 1e-5
+    with pytest.raises(NnfuseError, match="f8e4m3 codes have no primitive-op form"):
+        nnfuse.compile(g, backend="cpu", quantize="fp8")

@@ -99,3 +99,18 @@ def test_bert_dynamic_batch_and_sequence():
         got = cm(x)
         for g, r in zip(got, _ref(m, x)):
             np.testing.assert_allclose(g.numpy(), r.numpy(), atol=ATOL, rtol=0)
+
+
+def test_dynamic_shapes_survive_the_default_pipeline():
+    """One O2 compile (folding, recognition, fusion) serves several batch sizes / sequence lengths."""
+    m = _llama()
+    cm = nnfuse.compile(m, (_input("llama"),), dynamic=True)
+    for b in (1, 3):
+        x = _input("llama", b)
+        np.testing.assert_allclose(cm(x).numpy(), _ref(m, x)[0].numpy(), atol=ATOL, rtol=0)
+    m = _model("bert")
+    dims = {"input_ids": {0: torch.export.Dim("B"), 1: torch.export.Dim("S", max=32)}}
+    cm = nnfuse.compile(m, (_input("bert"),), dynamic_shapes=dims)
+    for b, s in ((1, 5), (2, 17)):
+        x = torch.randint(0, 256, (b, s), generator=torch.Generator().manual_seed(s))
+        np.testing.assert_allclose(cm(x)[0].numpy(), _ref(m, x)[0].numpy(), atol=ATOL, rtol=0)

@@ -77,6 +77,15 @@ class CpuExecutable:
     def source(self) -> str:
         return self._src
 
+    def profile(self) -> list:
+        """(kernel, kind, region, total seconds) per kernel call, when compiled with profile=True."""
+        if not hasattr(self.lib, "nnf_profile"):
+            raise NnfuseError("compile with backend option profile=True to collect per-kernel times")
+        f = self.lib.nnf_profile
+        f.restype = ctypes.POINTER(ctypes.c_double)
+        t = f()
+        return [(k.name, k.kind, k.meta.get("region", ""), t[i]) for i, k in enumerate(self.program.kernels)]
+
     def stats(self) -> dict:
         s = self.program.stats()
         s.update({"cache_hit": self.cache_hit, "c_compile_seconds": round(self.compile_s, 3), "threads": self.threads,
@@ -116,16 +125,16 @@ class SpecializingExecutable:
         return s
 
 
-def _compile_static(graph: Graph, threads: int) -> CpuExecutable:
+def _compile_static(graph: Graph, threads: int, profile: bool = False) -> CpuExecutable:
     from ...passes.lower import lower
     find_compiler()
     program = lower(graph)
-    src = generate(program)
+    src = generate(program, profile)
     path, hit, secs = build(src)
     return CpuExecutable(program, src, path, hit, secs, threads)
 
 
-def compile_graph(graph: Graph, threads: int = 0, **options):
+def compile_graph(graph: Graph, threads: int = 0, profile: bool = False, **options):
     """Lower a graph to kernel IR, generate C, build (cached) and load it. Symbolic input dims: specialize per call shape."""
     threads = threads or default_threads()
     if any(not isinstance(d, int) for v in graph.inputs for d in v.shape):
@@ -136,4 +145,4 @@ def compile_graph(graph: Graph, threads: int = 0, **options):
             from ...passes.lower import LowerError
             raise LowerError(f"not supported on cpu backend: ops {', '.join(unsupported)} (use backend='reference' for these models)")
         return SpecializingExecutable(graph, threads)
-    return _compile_static(graph, threads)
+    return _compile_static(graph, threads, profile)

@@ -58,7 +58,8 @@ static inline uint16_t nnf_f_to_bf16(float f) {
 }
 /* exp: Cephes-style range reduction + degree-6 polynomial; arithmetic only, so loops vectorize. */
 static inline float nnf_exp(float x) {
-  float xc = fminf(fmaxf(x, -87.3f), 88.3f);
+  float xc = x < -87.3f ? -87.3f : x;   /* selects, not fminf/fmaxf: those do not vectorize without fast-math */
+  xc = xc > 88.3f ? 88.3f : xc;
   float k = nearbyintf(xc * 1.44269504088896341f);
   float r = xc - k * 0.693359375f + k * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -170,6 +171,13 @@ static void NAME(int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha, 
   if (sizeof(T) == 4 && tb == 111 && (nnf_gemm_mode == 0 || !BLAS)) {                                            \
     nnf_gemm_np(M, N, K, (float)alpha, (const float*)A, ta == 112 ? 1 : lda, ta == 112 ? lda : 1,                   \
                 (const float*)B, ldb, (float*)C, ldc); return; }                                                    \
+  if (sizeof(T) == 4 && tb == 112 && (nnf_gemm_mode == 0 || !BLAS) && K * N <= (1 << 20)) {                        \
+    float* bp = (float*)malloc(sizeof(float) * K * N);  /* B^T operand (attention q @ k^T): transpose, then stream */ \
+    if (bp) {                                                                                                      \
+      for (int64_t n0 = 0; n0 < N; n0 += 16) for (int64_t k = 0; k < K; k++)                                        \
+        for (int64_t n = n0; n < n0 + 16 && n < N; n++) bp[k * N + n] = (float)B[n * ldb + k];                        \
+      nnf_gemm_np(M, N, K, (float)alpha, (const float*)A, ta == 112 ? 1 : lda, ta == 112 ? lda : 1, bp, N, (float*)C, ldc); \
+      free(bp); return; } }                                                                                        \
   if (BLAS) { BLAS(101, ta, tb, (int)M, (int)N, (int)K, (T)alpha, A, (int)lda, B, (int)ldb, (T)0, C, (int)ldc); return; } \
   for (int64_t m = 0; m < M; m++) {                                                                                \
     T* restrict c = C + m * ldc;                                                                                   \
@@ -347,7 +355,7 @@ class CEmitter:
             return f"({{ {T} _x = {x}; _x * {'nnf_sigmoid_d' if dbl else 'nnf_sigmoid'}(_x); }})"
         if name == "softplus":
             ex = "exp" if dbl else "nnf_exp"
-            return f"({{ {T} _x = {x}; ({T})(fmax{f}(_x, 0) + log1p{f}({ex}(-fabs{f}(_x)))); }})"
+            return f"({{ {T} _x = {x}; ({T})((_x > 0 ? _x : 0) + log1p{f}({ex}(-fabs{f}(_x)))); }})"
         if name == "hard_sigmoid":
             al, be = e.attr("alpha", 0.2), e.attr("beta", 0.5)
             return f"({{ {T} _x = {x} * ({T}){al!r} + ({T}){be!r}; _x < 0 ? 0 : (_x > 1 ? 1 : _x); }})"
@@ -574,9 +582,10 @@ class KernelWriter:
         nbatch = math.prod(k.batch) if nb else 1
         work = nbatch * k.m * k.n * k.k
         a_ptr, b_ptr = f"{self.bn(A.buf)} + {base(A)}", f"{self.bn(B.buf)} + {base(B)}"
-        oref = f"_O[_m*{ldo} + _n]"
-        epi_loop = (lambda m0, m1, n0, n1: f"for (int64_t _m = {m0}; _m < {m1}; _m++) for (int64_t _n = {n0}; _n < {n1}; _n++) "
-                    f"{{ {c} _acc = {oref}; {oref} = {epi}; }}") if epi is not None else (lambda *a: "")
+        # a private restrict row pointer: through the shared _O (an OpenMP-captured variable) gcc cannot vectorize
+        epi_loop = (lambda m0, m1, n0, n1: f"for (int64_t _m = {m0}; _m < {m1}; _m++) {{ {c}* restrict _row = _O + _m*{ldo}; "
+                    f"for (int64_t _n = {n0}; _n < {n1}; _n++) {{ {c} _acc = _row[_n]; _row[_n] = {epi}; }} }}") \
+            if epi is not None else (lambda *a: "")
         out = ""
         if nb and nbatch >= 2 and work >= 32768:
             col = f" collapse({nb})" if nb > 1 else ""
@@ -756,7 +765,7 @@ def to_np(name: str):
     return to_dtype(name).np
 
 
-def generate(p: Program) -> str:
+def generate(p: Program, profile: bool = False) -> str:
     """Kernels whose C bodies are identical (the same layer repeated: only the buffers differ, and those are
     parameters) are emitted once and called many times: less C to compile, same machine code."""
     parts = [PRELUDE % {"abi": ABI_VERSION}, _tables(p)]
@@ -771,7 +780,7 @@ def generate(p: Program) -> str:
             fn = seen[body] = k.name
             parts.append(text)
         calls.append((fn, [_ptr(b) for b in w.bufs]))
-    parts.append(entry(calls))
+    parts.append(entry(calls, profile))
     return "\n".join(parts)
 
 
@@ -786,10 +795,15 @@ def _ptr(b: Buffer) -> str:
     return f"(({t}*)(arena + {b.offset}))"
 
 
-def entry(calls: list) -> str:
-    lines = ["int nnf_run(void* const* in, void* const* out, void* const* w, char* arena) {",
-             "  (void)in; (void)out; (void)w; (void)arena;"]
-    for fn, args in calls:
-        lines.append(f"  {fn}({', '.join(args)});")
+def entry(calls: list, profile: bool = False) -> str:
+    lines = []
+    if profile:   # seconds spent in each kernel call, accumulated over runs (read by CpuExecutable.profile)
+        lines.append(f"double nnf_prof[{max(len(calls), 1)}];")
+        lines.append(f"double* nnf_profile(void) {{ return nnf_prof; }}")
+    lines += ["int nnf_run(void* const* in, void* const* out, void* const* w, char* arena) {",
+              "  (void)in; (void)out; (void)w; (void)arena;"]
+    for i, (fn, args) in enumerate(calls):
+        call = f"{fn}({', '.join(args)});"
+        lines.append(f"  {{ double _t = omp_get_wtime(); {call} nnf_prof[{i}] += omp_get_wtime() - _t; }}" if profile else f"  {call}")
     lines.append("  return 0;\n}\n")
     return "\n".join(lines)
