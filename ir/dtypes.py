@@ -59,7 +59,6 @@ _ALL = [
     DType("bool", 8, "bool", np.bool_),
 ]
 DTYPES: dict[str, DType] = {d.name: d for d in _ALL}
-globals().update({d.name: d for d in _ALL})  # dtypes.f32, dtypes.bf16, ...
 f64 = DTYPES["f64"]; f32 = DTYPES["f32"]; f16 = DTYPES["f16"]; bf16 = DTYPES["bf16"]  # noqa: E702
 i64 = DTYPES["i64"]; i32 = DTYPES["i32"]; i8 = DTYPES["i8"]; u8 = DTYPES["u8"]; boolean = DTYPES["bool"]  # noqa: E702
 
