@@ -226,7 +226,8 @@ def main(argv=None) -> int:
     from workloads import ALL, TORCH, resnet50_path
     names = args.workloads or list(ALL)
     threads = args.threads
-    os.environ.setdefault("NNFUSE_NUM_THREADS", str(threads))
+    if threads != os.cpu_count():
+        os.environ.setdefault("NNFUSE_NUM_THREADS", str(threads))
     import torch
     torch.set_num_threads(threads)
     tmp = tempfile.mkdtemp()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections import Counter
 from typing import Any, Optional, Sequence
 
@@ -199,14 +200,18 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     g2, report = optimize(g, opt_level=_opt_level(args), passes=passes,
                           disable=args.disable.split(",") if args.disable else (), **options)
     m = export(g2, args.output)
-    a = onnx.load(args.model, load_external_data=False)
-    out(before_after_table(a, m, model_bytes(a, args.model), model_bytes(m, args.output)))
+    src = args.model
+    if not src.lower().endswith(".onnx"):  # .mlir / .nnir in: the unoptimized import is the "before" model
+        src = os.path.join(tempfile.mkdtemp(prefix="nnfuse-"), "original.onnx")
+        export(g, src)
+    a = onnx.load(src, load_external_data=False)
+    out(before_after_table(a, m, model_bytes(a, src), model_bytes(m, args.output)))
     out("")
     out(report.table() if report.results else "(no passes ran)")
     err(f"wrote {args.output}")
     if args.verify:
         feeds = make_inputs(model_inputs(g), args.inputs, args.seed)
-        want = ort_run(args.model, feeds)
+        want = ort_run(src, feeds)
         got = ort_run(args.output, feeds)
         ok, rows = compare([o.name for o in a.graph.output], got, want, args.atol, args.rtol)
         out("")
@@ -220,7 +225,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 @cmd_optimize.args
 def _optimize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="input .onnx")
+    p.add_argument("model", help="input model (.onnx, .mlir or .nnir)")
     p.add_argument("-o", "--output", required=True, help="output .onnx")
     p.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], help="optimization level (default 2)")
     p.add_argument("--passes", help="comma-separated pass list instead of a preset")

@@ -134,3 +134,17 @@ def test_verify_detects_a_wrong_model(tmp_path, capsys):
     onnx.save(bad, q)
     assert main(["verify", p, q, "--input-shape", "x:2,8"]) == 1
     assert "NO" in capsys.readouterr().out
+
+
+def test_optimize_accepts_nnir_input(tmp_path, capsys):
+    """A non-ONNX input (.nnir here; .mlir goes the same way) is compared against its own unoptimized export."""
+    from nnfuse.frontends.onnx import load
+    from nnfuse.ir import save
+    m, p = _mlp(tmp_path)
+    src = str(tmp_path / "mlp.nnir")
+    save(load(p, input_shapes={"x": [3, 8]}), src)
+    o = str(tmp_path / "opt.onnx")
+    assert main(["optimize", src, "-o", o, "-O2", "--verify"]) == 0
+    assert "yes" in capsys.readouterr().out
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(onnx.load(o), {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-6)

@@ -26,7 +26,8 @@ def default_threads() -> int:
 class CpuExecutable:
     name = "cpu"
 
-    def __init__(self, program: Program, src: str, lib_path: str, cache_hit: bool, compile_s: float, threads: int):
+    def __init__(self, program: Program, src: str, lib_path: str, cache_hit: bool, compile_s: float, threads: int,
+                 auto_threads: bool = False):
         self.program = program
         self._src = src
         self.lib_path = lib_path
@@ -41,6 +42,8 @@ class CpuExecutable:
         self.blas = blas is not None
         self.lib.nnf_set_blas(ctypes.c_void_p(blas[1] if blas else None), ctypes.c_void_p(blas[2] if blas else None))
         self.lib.nnf_set_threads(ctypes.c_int(threads))
+        self._auto = threads > 1 and auto_threads
+        self._calls, self._cur, self._times = 0, threads, {}
         self.gemm = os.environ.get("NNFUSE_GEMM", "generated")   # "blas": OpenBLAS for every f32 gemm (for comparisons)
         self.lib.nnf_set_gemm_mode(ctypes.c_int(1 if self.gemm == "blas" and self.blas else 0))
         self._run = self.lib.nnf_run
@@ -69,10 +72,38 @@ class CpuExecutable:
         outs = [np.empty(shape, dt) for shape, dt in self._out_specs]
         ip = (ctypes.c_void_p * max(len(ins), 1))(*[a.ctypes.data for a in ins])
         op = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data if o.size else None for o in outs])
+        n = self._pick_threads()
+        t0 = time.perf_counter()
         rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
+        self._record(n, time.perf_counter() - t0)
         if rc != 0:
             raise NnfuseError(f"cpu backend: model run failed (code {rc})")
         return outs
+
+    # ---- thread count: on a shared machine an OpenMP team waits at every barrier for its slowest (descheduled)
+    # thread; measured 2.5x slower than one thread under load. So when threads were not fixed by the user, the
+    # executable times both settings on its first calls, keeps the faster, and re-probes the other now and then.
+    def _pick_threads(self) -> int:
+        if not self._auto:
+            return self.threads
+        c = self._calls
+        self._calls += 1
+        if c < 6:
+            n = self.threads if c % 2 == 0 else 1
+        else:
+            med = {k: float(np.median(v)) for k, v in self._times.items() if v}
+            best = min(med, key=med.get) if len(med) == 2 else self.threads
+            n = (1 if best != 1 else self.threads) if c % 25 == 0 else best
+        if n != self._cur:
+            self.lib.nnf_set_threads(ctypes.c_int(n))
+            self._cur = n
+        return n
+
+    def _record(self, n: int, secs: float) -> None:
+        if self._auto:
+            v = self._times.setdefault(n, [])
+            v.append(secs)
+            del v[:-5]
 
     def source(self) -> str:
         return self._src
@@ -89,6 +120,7 @@ class CpuExecutable:
     def stats(self) -> dict:
         s = self.program.stats()
         s.update({"cache_hit": self.cache_hit, "c_compile_seconds": round(self.compile_s, 3), "threads": self.threads,
+                  "threads_now": self._cur, "auto_threads": self._auto,
                   "blas": "openblas" if self.blas else "generated-c", "gemm": self.gemm, "library": self.lib_path})
         return s
 
@@ -108,7 +140,7 @@ class SpecializingExecutable:
         key = tuple(tuple(np.shape(x)) for x in inputs)
         exe = self.variants.get(key)
         if exe is None:
-            exe = self.variants[key] = _compile_static(specialize(self.graph, list(key)), self.threads)
+            exe = self.variants[key] = _compile_static(specialize(self.graph, list(key)), self.threads, auto_threads=self.auto)
         self.last = exe
         return exe(inputs)
 
@@ -125,17 +157,18 @@ class SpecializingExecutable:
         return s
 
 
-def _compile_static(graph: Graph, threads: int, profile: bool = False) -> CpuExecutable:
+def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_threads: bool = False) -> CpuExecutable:
     from ...passes.lower import lower
     find_compiler()
     program = lower(graph)
     src = generate(program, profile)
     path, hit, secs = build(src)
-    return CpuExecutable(program, src, path, hit, secs, threads)
+    return CpuExecutable(program, src, path, hit, secs, threads, auto_threads)
 
 
 def compile_graph(graph: Graph, threads: int = 0, profile: bool = False, **options):
     """Lower a graph to kernel IR, generate C, build (cached) and load it. Symbolic input dims: specialize per call shape."""
+    auto = not threads and not (os.environ.get("NNFUSE_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"))
     threads = threads or default_threads()
     if any(not isinstance(d, int) for v in graph.inputs for d in v.shape):
         from ...passes.lower import Lowering
@@ -144,5 +177,7 @@ def compile_graph(graph: Graph, threads: int = 0, profile: bool = False, **optio
         if unsupported:
             from ...passes.lower import LowerError
             raise LowerError(f"not supported on cpu backend: ops {', '.join(unsupported)} (use backend='reference' for these models)")
-        return SpecializingExecutable(graph, threads)
-    return _compile_static(graph, threads, profile)
+        exe = SpecializingExecutable(graph, threads)
+        exe.auto = auto
+        return exe
+    return _compile_static(graph, threads, profile, auto)
