@@ -55,6 +55,8 @@ def to_graph(model: Any, example_inputs: Optional[Sequence] = None, **frontend_o
         from .frontends import torch as torch_frontend
         if example_inputs is None:
             raise NnfuseError("compiling a torch.nn.Module needs example_inputs (a tuple of tensors)")
+        if hasattr(example_inputs, "shape"):   # one tensor, not a tuple: tuple() would split it along dim 0
+            example_inputs = (example_inputs,)
         return torch_frontend.load(model, tuple(example_inputs), **frontend_options)
     raise NnfuseError(f"cannot compile a {type(model).__name__}: pass a torch.nn.Module, an ONNX model or path, "
                       "a .nnir/.mlir path or an nnfuse.ir.Graph")
@@ -147,8 +149,10 @@ class CompiledModel:
         """Save the optimized graph (.nnir + weights); `nnfuse.load` recompiles it for the same backend."""
         self.graph.meta["backend"] = self.backend
         ir_serialize.save(self.graph, path)
-        with open(os.path.splitext(path)[0] + ".backend", "w") as f:
+        side = os.path.splitext(path)[0] + ".backend"
+        with open(f"{side}.tmp{os.getpid()}", "w") as f:
             f.write(self.backend)
+        os.replace(f"{side}.tmp{os.getpid()}", side)
 
     def __repr__(self) -> str:
         return f"CompiledModel(@{self.graph.name}, backend={self.backend}, {len(self.graph.nodes)} nodes)"
@@ -165,11 +169,22 @@ def compile(model: Any, example_inputs: Optional[Sequence] = None, *, backend: s
     if dynamic:
         frontend_opts["dynamic"] = True
     graph = to_graph(model, example_inputs, **frontend_opts)
+    _check_weights(graph)
     from .passes import optimize
     graph, report = optimize(graph, opt_level=opt_level, passes=passes, disable=disable, verify_each=verify_each,
                              print_after=print_after, print_after_all=print_after_all, backend=backend, **options)
     exe = bmod.compile_graph(graph, **options)
     return CompiledModel(graph, exe, backend, report, time.perf_counter() - t0, options)
+
+
+def _check_weights(g: Graph) -> None:
+    """Every constant needs its data before a backend sees it (a .nnir loaded without its .npz has none)."""
+    graphs = [g] + [n.body for n in g.walk() if n.body is not None]
+    missing = [v.name for h in graphs for v in h.constants.values() if v.data is None]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise NnfuseError(f"constant(s) {', '.join('@' + m for m in missing[:5])}{more} of graph @{g.name} have no data "
+                          "(a .nnir file needs its weights file beside it)")
 
 
 def load(path: str, backend: Optional[str] = None) -> CompiledModel:

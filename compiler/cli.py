@@ -46,7 +46,11 @@ def parse_input_shapes(specs) -> dict:
         name, _, dims = s.rpartition(":")
         if not name or not dims:
             raise NnfuseError(f"--input-shape '{s}': expected NAME:D1,D2,... (e.g. x:1,3,224,224)")
-        shapes[name] = [int(d) if d.lstrip("-").isdigit() else d for d in dims.split(",")]
+        dl = [int(d) if d.strip().lstrip("-").isdigit() else d.strip() for d in dims.split(",")]
+        bad = [d for d in dl if (isinstance(d, int) and d < 0) or (isinstance(d, str) and not all(f.strip().isidentifier() or f.strip().isdigit() for f in d.split("*")))]
+        if bad:
+            raise NnfuseError(f"--input-shape '{s}': dims must be sizes >= 0 or symbol names, not {bad}")
+        shapes[name] = dl
     return shapes
 
 
@@ -129,6 +133,12 @@ def main(argv=None) -> int:
         if debug:
             raise
         err(f"error: {e}")
+        return 1
+    except OSError as e:   # a path the user gave cannot be read or written: their error, not a bug
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err(f"error: {where}{e.strerror or e}")
         return 1
     except KeyboardInterrupt:
         err("interrupted")

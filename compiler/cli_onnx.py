@@ -57,6 +57,9 @@ def make_inputs(specs, data_path: Optional[str] = None, seed: int = 0) -> dict[s
         missing = [n for n, _, _ in specs if n not in data]
         if missing:
             raise NnfuseError(f"--inputs {data_path}: no array for input(s) {missing}; it has {sorted(data)}")
+        wrong = [f"{n} ({data[n].dtype} -> {dt})" for n, dt, _ in specs if not np.can_cast(data[n].dtype, dt, "same_kind")]
+        if wrong:   # e.g. float token ids: truncating them would make the check pass on inputs nobody meant
+            raise NnfuseError(f"--inputs {data_path}: array(s) of the wrong kind for input(s) {', '.join(wrong)}")
         return {n: data[n].astype(dt, copy=False) for n, dt, _ in specs}
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -91,7 +94,10 @@ def ort_session(path_or_bytes, threads: int = 0):
 def ort_run(path: str, feeds: dict) -> list[np.ndarray]:
     s = ort_session(path)
     names = {i.name for i in s.get_inputs()}
-    return s.run(None, {k: v for k, v in feeds.items() if k in names})
+    try:
+        return s.run(None, {k: v for k, v in feeds.items() if k in names})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own types: bad input values/shapes for this model
+        raise NnfuseError(f"onnxruntime failed to run {path}: {str(e)[:400]}") from None
 
 
 def compare(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray], atol: float, rtol: float) -> tuple[bool, list]:
@@ -348,7 +354,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stats = f"min {o.min():.4g} max {o.max():.4g} mean {o.astype(np.float64).mean():.4g}" if o.size and o.dtype.kind in "fiub" else ""
         out(f"{n}: {o.dtype}{list(o.shape)}  {stats}")
     if args.output:
-        np.savez(args.output, **{n: np.asarray(o) for n, o in zip(onames, outs)})
+        from .ir.serialize import save_arrays
+        save_arrays(args.output, {n: np.asarray(o) for n, o in zip(onames, outs)})   # np.savez(**) breaks on 'file'
         err(f"wrote {args.output}")
     return 0
 

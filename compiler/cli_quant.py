@@ -83,7 +83,8 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", metavar="INPUTS.npz", help="calibration inputs (npz keyed by input name)")
     p.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="static scales (w8a8s): range method")
     p.add_argument("--exclude", metavar="REGEX", help="keep matching layers (module path) in fp32, e.g. 'lm_head|layers.0.*'")
-    p.add_argument("--fallback-group", action="store_true", help="a group size that does not divide K falls back to one that does")
+    p.add_argument("--fallback-group", action="store_true",
+                   help="a group size that does not divide K falls back to one that does")
     p.add_argument("--sensitivity", action="store_true", help="also rank layers by their effect on the output")
     p.add_argument("-O", dest="opt_level", type=int, default=1, choices=[0, 1, 2, 3], help="optimization level (default 1)")
     p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape (repeatable)")

@@ -226,6 +226,7 @@ class Importer:
                                       f"{ONNX_DTYPE_NAMES.get(tt.elem_type, tt.elem_type)}, which nnfuse does not support")
             if i.name in self.input_shapes:
                 shape = self.input_shapes[i.name]
+                self._check_given_shape(i.name, shape, tt)
             elif not tt.HasField("shape"):
                 raise OnnxImportError(f"{self.where}: input {i.name!r} has no shape; give one with --input-shape "
                                       f"{i.name}:D1,D2,...")
@@ -239,6 +240,17 @@ class Importer:
                     else:
                         shape.append(sanitize_symbol(f"{i.name}_d{k}"))
             self.env[i.name] = self.g.add_input(i.name, TensorType(shape, ONNX_DTYPES[tt.elem_type]))
+
+    def _check_given_shape(self, name: str, shape: list, tt) -> None:
+        """An --input-shape must keep the model's rank and its fixed sizes (it only binds the free dims)."""
+        if not tt.HasField("shape"):
+            return
+        declared = [int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim]
+        fixed_differs = any(d is not None and g != d for d, g in zip(declared, shape))
+        if len(declared) != len(shape) or fixed_differs:
+            spell = ",".join("?" if d is None else str(d) for d in declared)
+            raise OnnxImportError(f"{self.where}: --input-shape {name}:{','.join(map(str, shape))} does not fit the "
+                                  f"model's input {name!r} of shape [{spell}] (rank and fixed sizes must agree)")
 
     def _toposort(self, gp) -> list:
         """Nodes in dependency order; names a missing input or the nodes on a cycle."""

@@ -300,5 +300,11 @@ class _Builder:
 
 
 def parse_file(path: str) -> Graph:
-    with open(path, encoding="utf-8") as f:
-        return parse(f.read(), path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NnfuseError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise NnfuseError(f"{path}: cannot read as nnir text ({e})") from None
+    return parse(text, path)

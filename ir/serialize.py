@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 
+from .errors import NnfuseError
 from .graph import Graph
 from .parser import parse_file
 from .printer import print_graph
@@ -37,7 +38,8 @@ def _write_npz(f, arrays: dict) -> None:
 
 
 def save(g: Graph, path: str) -> str:
-    """Write the text and the weights file; returns the weights path."""
+    """Write the text and the weights file; returns the weights path. Each file is written to a temp file
+    (unique per process) and renamed, so a reader never sees half a file."""
     arrays = {}
     for k, v in _all_constants(g):
         if v.data is not None:
@@ -45,27 +47,48 @@ def save(g: Graph, path: str) -> str:
             # ml_dtypes arrays (bf16, fp8, int4) are stored as their bits; the text carries the dtype.
             arrays[k] = a.view(np.uint8).reshape(a.shape + (a.dtype.itemsize,)) if a.dtype.kind == "V" or str(a.dtype) in _BITS else a
     wp = weights_path(path)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(print_graph(g))
     os.replace(tmp, path)
-    with open(wp + ".tmp", "wb") as f:
-        _write_npz(f, arrays)
-    os.replace(wp + ".tmp", wp)
+    save_arrays(wp, arrays)
     return wp
 
 
+def save_arrays(path: str, arrays: dict) -> None:
+    """Write arrays to an .npz by name (any name, even 'file'), atomically; np.load(allow_pickle=False) reads it."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        _write_npz(f, arrays)
+    os.replace(tmp, path)
+
+
+def _attach(v, a: np.ndarray, key: str, wp: str) -> None:
+    """Give constant `v` the stored array `a`, which must match the type the text declares."""
+    t = v.type
+    want = t.dtype.np
+    if a.dtype != want:   # bf16/fp8/int4 are stored as raw bytes: reinterpret them
+        if a.dtype != np.uint8 or a.size != int(np.prod(t.shape, dtype=np.int64)) * want.itemsize:
+            raise NnfuseError(f"{wp}: constant @{key} is {a.dtype}{list(a.shape)} but the graph declares {t}")
+        a = a.view(want).reshape(t.shape)
+    if tuple(a.shape) != tuple(t.shape):
+        raise NnfuseError(f"{wp}: constant @{key} has shape {list(a.shape)} but the graph declares {t} "
+                          "(is this the weights file of another model?)")
+    v.data = a
+
+
 def load(path: str, weights: str | None = None) -> Graph:
-    """Parse `path`; attach constant data from the weights file beside it when present."""
+    """Parse `path`; attach constant data from the weights file beside it when present (checked against the text)."""
     g = parse_file(path)
     wp = weights or weights_path(path)
+    if weights and not os.path.exists(wp):
+        raise NnfuseError(f"{wp}: no such weights file")
     if os.path.exists(wp):
-        with np.load(wp, allow_pickle=False) as z:
-            for k, v in _all_constants(g):
-                if k in z.files:
-                    a = z[k]
-                    want = v.type.dtype.np
-                    if a.dtype != want:
-                        a = a.view(want).reshape(v.type.shape)
-                    v.data = a
+        try:
+            with np.load(wp, allow_pickle=False) as z:
+                for k, v in _all_constants(g):
+                    if k in z.files:
+                        _attach(v, z[k], k, wp)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise NnfuseError(f"{wp}: not a readable nnfuse weights file ({e})") from None
     return g

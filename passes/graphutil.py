@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..ir import Graph, Node, Value
+from ..ir import Graph, NnfuseError, Node, Value
 from ..ir.ops import OPS
 
 POINTWISE_KINDS = ("unary", "binary")
@@ -86,3 +86,24 @@ def numel_est(shape: tuple, sym: int = 64) -> int:
             for f in str(d).split("*"):
                 n *= int(f) if f.strip().lstrip("-").isdigit() else sym
     return n
+
+
+def empty_read(g: Graph) -> Optional[Node]:
+    """The first node (regions included) that reads a zero-size tensor but produces a non-empty one, else None.
+    Such a node needs the empty-reduction identity (sum -> 0, max -> -inf, concat skips the piece), which the
+    kernel IR cannot express: lowering gives every dim at least one element."""
+    def empty(v: Value) -> bool:
+        return any(d == 0 for d in v.type.shape)
+    for n in g.walk():   # a fused node's body holds the node that crosses from empty to non-empty
+        if n.body is None and any(empty(v) for v in n.inputs) and any(not empty(o) for o in n.outputs):
+            return n
+    return None
+
+
+def reject_empty_reads(g: Graph, backend: str) -> None:
+    """Refuse, naming the node, a graph the kernel-IR backends would compute wrongly (see empty_read)."""
+    n = empty_read(g)
+    if n is not None:
+        shapes = ", ".join(str(v.type) for v in n.inputs)
+        raise NnfuseError(f"node {n.op} ({n.loc or 'no location'}) reads a zero-size tensor ({shapes}) into a non-empty "
+                          f"result: the {backend} backend does not support that; use backend='reference' or 'onnx'")

@@ -24,7 +24,7 @@ from ..ir.kernel import (Access, Arg, Buffer, Const, Conv, Expr, Gemm, Kernel, L
                          RowNorm, Schedule, Var, loads, op as mkop, verify_program)
 from ..ir.ops import OPS
 from ..ir.ops.registry import norm_axis
-from ..ir.ops.shape import _perm, reshape_shape, slice_bounds
+from ..ir.ops.shape import _perm, slice_bounds
 
 PARALLEL_MIN = 16384   # elements below which a loop runs on one thread
 ALIGN = 64
@@ -260,6 +260,7 @@ class Lowering:
             if isinstance(k, Pointwise):
                 coalesce(k)
             choose_schedule(k)
+        inplace(self.kernels)
         temps = [b for b in self.temps if b.kind == "temp" and any(b is a.buf for k in self.kernels for a in k.writes())]
         for i, b in enumerate(temps):
             b.name, b.index = f"t{i}", i
@@ -672,6 +673,54 @@ def fold_batch(g: Gemm) -> None:
         g.a, g.b, g.out = drop(a), drop(b), drop(o)
         if g.epilogue is not None:
             g.epilogue = substitute(g.epilogue, lambda x: Load(x.dtype, drop(x.access), x.indirect) if isinstance(x, Load) else None)
+
+
+def _rebuf(k: Kernel, old: Buffer, new: Buffer) -> None:
+    """Point every access of `old` in kernel k at `new` (same element layout)."""
+    fix = lambda a: Access(new, a.offset, a.strides) if a.buf is old else a  # noqa: E731
+
+    def fe(e):
+        return substitute(e, lambda x: Load(x.dtype, fix(x.access), tuple((fe(ie), st) for ie, st in x.indirect))
+                          if isinstance(x, Load) and (x.access.buf is old or x.indirect) else None) if e is not None else None
+    for f in ("a", "b", "out", "x", "w", "q", "k", "v", "col"):
+        if isinstance(getattr(k, f, None), Access):
+            setattr(k, f, fix(getattr(k, f)))
+    for f in ("body", "post", "epilogue", "mask", "weight", "bias"):
+        if isinstance(getattr(k, f, None), Expr):
+            setattr(k, f, fe(getattr(k, f)))
+    if isinstance(k, RowNorm):
+        k.x = fe(k.x)
+    if isinstance(k, Pointwise):
+        k.stores = [(fix(a), fe(e)) for a, e in k.stores]
+
+
+def inplace(kernels: list[Kernel]) -> int:
+    """A pointwise kernel whose temp input dies here and is read at exactly the element it writes reuses that
+    input's buffer for its output (same pointer in the C: no restrict aliasing)."""
+    done = 0
+    last: dict[int, int] = {}
+    for i, k in enumerate(kernels):
+        for a in k.reads():
+            last[id(a.buf)] = i
+    for i, k in enumerate(kernels):
+        if not isinstance(k, Pointwise) or len(k.stores) != 1:
+            continue
+        oacc, e = k.stores[0]
+        o = oacc.buf
+        if o.kind != "temp" or sum(1 for kk in kernels for a in kk.writes() if a.buf is o) != 1:
+            continue
+        for ld in loads(e):
+            t = ld.access.buf
+            if (t is o or t.kind != "temp" or last.get(id(t)) != i or t.dtype != o.dtype or t.numel != o.numel
+                    or ld.indirect or ld.access.key()[1:] != oacc.key()[1:]):
+                continue
+            if any(x.access.buf is t and (x.indirect or x.access.key() != ld.access.key()) for x in loads(e)):
+                continue
+            for kk in kernels[i:]:
+                _rebuf(kk, o, t)
+            done += 1
+            break
+    return done
 
 
 def _all_accesses(k: Pointwise) -> list[Access]:

@@ -13,7 +13,7 @@ from ..ir.kernel import Access, Arg, Const, Conv, Load, Var, op as mkop
 from ..ir.ops.nn import window_out
 from ..ir.ops.registry import norm_axis
 from ..ir.types import TensorType
-from .lower import (LOWERINGS, LowerError, Tensor, _gemm_core, _reduce_kernel, _reshape, _rownorm, broadcast,
+from .lower import (LOWERINGS, Tensor, _gemm_core, _reduce_kernel, _reshape, _rownorm, broadcast,
                     cstrides, numel, remap)
 
 I64 = to_dtype("i64")

@@ -17,7 +17,7 @@ def check(g, inputs, rtol=1e-4, atol=1e-5):
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
-        if a.dtype.kind == "f":
+        if a.dtype.kind == "f" or "float" in str(a.dtype):  # bfloat16 / fp8 (ml_dtypes) have kind "V"
             np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol)
         else:
             np.testing.assert_array_equal(a, b)

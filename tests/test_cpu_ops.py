@@ -118,3 +118,13 @@ def test_cpu_matches_reference(name):
     if name == "int_arith":
         ins[1][ins[1] == 0] = 3
     check(g, ins, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dt", ["bf16", "f16"])
+def test_low_precision_floats(dt):
+    import ml_dtypes
+    npdt = ml_dtypes.bfloat16 if dt == "bf16" else np.float16
+    g = graph(lambda b, x, y: [b.softmax(b.matmul(x, y)), b.layer_norm(b.gelu(x)),
+                               b.add(x, b.cast(b.reduce_sum(x, axes=[1], keepdims=True), to=dt))], ((4, 8), dt), ((8, 5), dt))
+    rng = np.random.default_rng(0)
+    check(g, [rng.standard_normal((4, 8)).astype(npdt), rng.standard_normal((8, 5)).astype(npdt)], rtol=2e-2, atol=2e-2)

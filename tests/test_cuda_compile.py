@@ -105,3 +105,21 @@ def test_cuda_hand_programs(which):
     p, ins, want = makers[which]()
     tol = 1e-4 if which < 4 else 5e-2
     compare(cuda.compile_program(p)(ins), want, rtol=tol, atol=tol)
+
+
+def test_hostile_names_never_reach_the_cuda_source():
+    """Model-controlled names (graph, inputs, constants, output names, locations) must not reach the .cu text."""
+    from nnfuse.ir import Builder
+    from nnfuse.passes.lower import lower
+    evil = 'x"); system("touch PWNED"); /*\n*/ int main'
+    b = Builder('g"; int main(){}//')
+    b.meta = {"loc": "*/ system(\"id\"); /*"}
+    x = b.input(evil, [2, 3])
+    w = b.const(np.ones((2, 3), np.float32), "w\n*/ #include </etc/passwd>")
+    g = b.output(b.softmax(b.add(b.relu(x), w), axis=-1), names=["return", "*/"])
+    src = cuda.generate(lower(g), "sm_80")
+    for bad in ("system", "PWNED", "passwd", "return\"", evil):
+        assert bad not in src
+    for line in src.splitlines():   # the graph name survives only inside a one-line comment, defanged
+        if "int main" in line:
+            assert line.startswith("/*") and line.endswith("*/") and line.count("*/") == 1, line

@@ -360,3 +360,49 @@ def test_parse_error_at_end_of_input_points_past_the_text():
     with pytest.raises(ParseError) as e:
         parse("graph @g(%x: f32[2]) -> (f32[2]) {\n  return %x\n", "f.nnir")
     assert str(e.value).startswith("f.nnir:2:12: unexpected end of input")
+
+
+def _mm_graph(n_out: int):
+    b = Builder("m")
+    x = b.input("x", ["B", 4])
+    return b.output(b.relu(b.matmul(x, b.const(np.ones((4, n_out), np.float32), "w"))))
+
+
+def test_load_rejects_weights_of_another_model(tmp_path):
+    """A .npz whose array shapes/dtypes disagree with the text was attached silently (wrong output shape)."""
+    a, other = str(tmp_path / "a.nnir"), str(tmp_path / "b.nnir")
+    ir.save(_mm_graph(30), a)
+    ir.save(_mm_graph(50), other)
+    os.replace(str(tmp_path / "b.npz"), str(tmp_path / "a.npz"))
+    with pytest.raises(ir.NnfuseError, match=r"a\.npz: constant @w has shape \[4, 50\] but the graph declares f32\[4,30\]"):
+        ir.load(a)
+    np.savez(str(tmp_path / "a.npz"), w=np.ones((4, 30), np.float64))
+    with pytest.raises(ir.NnfuseError, match="constant @w is float64"):
+        ir.load(a)
+    (tmp_path / "a.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ir.NnfuseError, match="not a readable nnfuse weights file"):
+        ir.load(a)
+    np.savez(str(tmp_path / "a.npz"), w=np.full((4, 30), 2, np.float32))
+    assert float(ir.load(a).constants["w"].data[0, 0]) == 2.0
+
+
+def test_load_unreadable_or_missing_nnir_is_a_clear_error(tmp_path):
+    p = tmp_path / "bin.nnir"
+    p.write_bytes(b"\xff\xfe\x00 garbage")
+    with pytest.raises(ir.NnfuseError, match="cannot read as nnir text"):
+        ir.load(str(p))
+    with pytest.raises(ir.NnfuseError, match="no such file"):
+        ir.load(str(tmp_path / "none.nnir"))
+
+
+def test_compile_without_weights_names_the_constants(tmp_path):
+    """A .nnir whose weights file is gone: every backend must say so (cpu said 'value used before it is defined')."""
+    import nnfuse
+    p = str(tmp_path / "m.nnir")
+    ir.save(_mm_graph(30), p)
+    os.remove(str(tmp_path / "m.npz"))
+    for backend in ("reference", "cpu"):
+        with pytest.raises(ir.NnfuseError, match="constant.*@w.*no data"):
+            nnfuse.compile(p, backend=backend)
+    with pytest.raises(ir.NnfuseError, match="no such file"):
+        nnfuse.load(str(tmp_path / "none.nnir"))

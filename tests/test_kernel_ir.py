@@ -126,3 +126,14 @@ def test_fused_regions_lower_like_their_bodies():
     p = lower(g)
     assert [k.meta.get("region") for k in p.kernels] == ["gemm", "softmax"]
     check(g, [rng.standard_normal((3, 8)).astype(np.float32)])
+
+
+def test_pointwise_runs_in_place_when_its_input_dies():
+    def fn(b, x):
+        u = b.exp(b.softmax(x))
+        return b.softmax(b.add(u, b.reduce_sum(u, axes=[1], keepdims=True)))
+    g = graph(fn, ((4, 8), "f32"))
+    p = lower(g)
+    pw = [k for k in p.kernels if isinstance(k, Pointwise)]
+    assert pw and pw[0].stores[0][0].buf is pw[0].stores[0][1].args[0].access.buf   # exp(t0) written into t0
+    check(g, [np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)])

@@ -246,3 +246,18 @@ def test_torch_layers_through_both_backends(case):
     g = mlir_frontend.load(mlir_frontend.export_torch(m, x))
     np.testing.assert_allclose(evaluate(g, [x.numpy()])[0], ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(mlir_backend.compile_graph(g)([x.numpy()])[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_hostile_names_never_reach_the_mlir_text():
+    from nnfuse.backends.mlir_tosa import export_tosa
+    from nnfuse.ir import Builder
+    evil = 'x"} func.func @pwn() { "\n// system'
+    b = Builder('g"} @pwn')
+    b.meta = {"loc": '"\n} func.func @pwn2'}
+    x = b.input(evil, [2, 3])
+    w = b.const(np.ones((2, 3), np.float32), 'w" = dense<1> {}\n')
+    g = b.output(b.relu(b.add(x, w)), names=['"} @out'])
+    for text in (mlir_backend.export_mlir(g), export_tosa(g)):
+        assert "pwn" not in text and "system" not in text and evil not in text and '"}' not in text
+    xv = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(mlir_backend.compile_graph(g)([xv])[0], evaluate(g, [xv])[0], atol=1e-6)

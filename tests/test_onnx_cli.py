@@ -148,3 +148,45 @@ def test_optimize_accepts_nnir_input(tmp_path, capsys):
     assert "yes" in capsys.readouterr().out
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
     np.testing.assert_allclose(ort_run(onnx.load(o), {"x": x})[0], ort_run(m, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def _one_error(capsys, want: str) -> None:
+    cap = capsys.readouterr()
+    text = cap.err.strip()
+    assert want in text and text.startswith("error:") and "internal error" not in text and "\n" not in text, text
+
+
+def test_bad_arguments_are_user_errors_not_internal_ones(tmp_path, capsys):
+    """Each of these was an 'internal error' (a raw TypeError/ValueError/OSError) or a wrong success."""
+    m = model([N("MatMul", ["x", "w"], ["file"]), N("Relu", ["file"], ["allow_pickle"])], [vi("x", ["B", 4])],
+              [vi("file", ["B", 3]), vi("allow_pickle", ["B", 3])], [init("w", np.eye(4, 3, dtype=np.float32))])
+    p = str(tmp_path / "m.onnx")
+    onnx.save(m, p)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
+    np.save(tmp_path / "x.npy", x)
+    out = str(tmp_path / "out.npz")
+    # outputs named like np.savez's own parameters
+    assert main(["run", p, "--input", f"x={tmp_path / 'x.npy'}", "-o", out]) == 0
+    with np.load(out) as z:
+        np.testing.assert_array_equal(z["allow_pickle"], np.maximum(x @ np.eye(4, 3, dtype=np.float32), 0))
+    capsys.readouterr()
+    assert main(["run", p, "--random", "-o", str(tmp_path / "no" / "dir" / "o.npz")]) == 1
+    _one_error(capsys, "No such file or directory")
+    assert main(["optimize", p, "-o", str(tmp_path / "no" / "o.onnx")]) == 1
+    _one_error(capsys, "No such file or directory")
+    for spec, want in [("x:1,,2", "dims must be"), ("x:-3,4", "dims must be"), ("x:7", "does not fit"), ("x:2,5", "does not fit")]:
+        assert main(["run", p, "--random", "--input-shape", spec]) == 1, spec
+        _one_error(capsys, want)
+
+
+def test_verify_refuses_inputs_of_the_wrong_kind_and_reports_ort_failures(tmp_path, capsys):
+    m = model([N("Gather", ["e", "ids"], ["y"])], [vi("ids", [2], np.int64)], [vi("y", [2, 3])],
+              [init("e", np.arange(30, dtype=np.float32).reshape(10, 3))])
+    p = str(tmp_path / "g.onnx")
+    onnx.save(m, p)
+    np.savez(tmp_path / "f.npz", ids=np.array([1.7, 2.9]))   # would silently truncate to [1, 2]
+    assert main(["verify", p, "--inputs", str(tmp_path / "f.npz")]) == 1
+    _one_error(capsys, "wrong kind for input(s) ids (float64 -> int64)")
+    np.savez(tmp_path / "oob.npz", ids=np.array([3, 99]))
+    assert main(["verify", p, "--inputs", str(tmp_path / "oob.npz")]) == 1
+    _one_error(capsys, "onnxruntime failed to run")

@@ -41,3 +41,35 @@ def test_ir_does_not_import_torch_onnx_or_backends():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def _imports(folder: str):
+    """(file, imported module) for every import in a source folder, relative imports resolved to nnfuse names."""
+    import ast
+    pkg = {"ir": "nnfuse.ir", "passes": "nnfuse.passes", "frontends": "nnfuse.frontends", "backends": "nnfuse.backends",
+           "compiler": "nnfuse"}[folder]
+    for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+        here = pkg + "".join("." + p for p in os.path.relpath(dirpath, os.path.join(ROOT, folder)).split(os.sep) if p != ".")
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                for node in ast.walk(ast.parse(open(path).read())):
+                    if isinstance(node, ast.Import):
+                        for a in node.names:
+                            yield path, a.name
+                    elif isinstance(node, ast.ImportFrom):
+                        base = here.split(".")
+                        mod = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) \
+                            if node.level else node.module
+                        yield path, mod
+
+
+def test_layering_one_direction():
+    """Frontends only produce IR, backends only consume it, passes only rewrite it: none imports across (lazy imports
+    inside functions included)."""
+    rules = {"frontends": ("nnfuse.backends",), "backends": ("nnfuse.frontends",),
+             "passes": ("nnfuse.frontends", "nnfuse.backends"), "ir": ("nnfuse.frontends", "nnfuse.backends",
+                                                                       "nnfuse.passes", "torch", "onnx")}
+    bad = [(os.path.relpath(p, ROOT), m) for folder, banned in rules.items() for p, m in _imports(folder)
+           if any(m == b or m.startswith(b + ".") for b in banned)]
+    assert bad == []

@@ -357,3 +357,14 @@ def test_scalar_outputs_keep_their_shape():
     s, d = cm(x)
     assert s.shape == () and d.shape == (3,)
     np.testing.assert_allclose(s.numpy(), x.sum().numpy(), rtol=1e-6)
+
+
+def test_single_tensor_example_is_one_input_not_split_along_dim_0():
+    """nnfuse.compile(m, x) with a bare tensor compiled for x[0]'s shape (tuple(x) split it into rows)."""
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3).eval()
+    x = torch.randn(1, 4)
+    cm = nnfuse.compile(m, x)
+    assert [list(v.type.shape) for v in cm.graph.inputs] == [[1, 4]]
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), m(x), rtol=1e-5, atol=1e-6)

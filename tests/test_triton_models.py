@@ -82,3 +82,21 @@ def test_no_gpu_and_no_interpreter_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "ERR the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1" in r.stdout, r.stdout + r.stderr
+
+
+def test_zero_size_input_runs_and_empty_reduction_is_refused():
+    """A zero-size input once segfaulted Triton's interpreter (null data pointer); a reduction over an empty axis
+    lowers with the dim clamped to 1 and read out of bounds, so it must be refused rather than return garbage."""
+    import numpy as np
+
+    from nnfuse.ir import Builder, NnfuseError
+    b = Builder("empty")
+    x = b.input("x", [0, 4])
+    g = b.output(b.relu(x))
+    out = nnfuse.compile(g, backend="triton")(np.zeros((0, 4), np.float32))
+    assert out.shape == (0, 4)
+    b = Builder("empty_reduce")
+    x = b.input("x", [0, 4])
+    g = b.output(b.reduce_max(x, axes=[0]))
+    with pytest.raises(NnfuseError, match="reduce_max.*zero-size"):
+        nnfuse.compile(g, backend="triton")

@@ -448,25 +448,16 @@ class KernelWriter:
         em = self.emitter(names)
         isf = c in ("float", "double")
         comb = k.combine
-        inf = "INFINITY" if isf else ("INT64_MAX" if c == "int64_t" else f"(({c})(~(({'u' if 'u' in c else ''}int64_t)0) >> 1))")
-        if not isf and c != "int64_t":
-            lim = {"int32_t": ("INT32_MIN", "INT32_MAX"), "int16_t": ("INT16_MIN", "INT16_MAX"), "int8_t": ("INT8_MIN", "INT8_MAX"),
-                   "uint8_t": ("0", "UINT8_MAX")}[c]
-        elif not isf:
-            lim = ("INT64_MIN", "INT64_MAX")
-        else:
+        if isf:
             lim = ("-INFINITY", "INFINITY")
-        del inf
+        else:
+            lim = {"int64_t": ("INT64_MIN", "INT64_MAX"), "int32_t": ("INT32_MIN", "INT32_MAX"), "int16_t": ("INT16_MIN", "INT16_MAX"),
+                   "int8_t": ("INT8_MIN", "INT8_MAX"), "uint8_t": ("0", "UINT8_MAX")}[c]
         init = {"sum": "0", "prod": "1", "max": lim[0], "min": lim[1], "argmax": lim[0], "argmin": lim[1]}[comb]
         v = em.expr(k.body)
         if comb in ("argmax", "argmin"):
             rel = (">=" if k.select_last else ">") if comb == "argmax" else ("<=" if k.select_last else "<")
             nanchk = " || (_v != _v && _r == _r)" if isf else ""
-            inner = f"{{ {c} _v = {v}; if (_v {rel} _r{nanchk}) {{ _r = _v; _idx = {names[no]}; }} }}"
-            red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
-            pre = f"{c} _r = {init}; int64_t _idx = 0;"
-            if comb == "argmax":
-                pre = f"{c} _r = {names[no]}_first; int64_t _idx = 0;"
             res = "_idx"
             pre = f"{c} _r = {init}; int64_t _idx = 0; int _seen = 0;"
             inner = (f"{{ {c} _v = {v}; if (!_seen || _v {rel} _r{nanchk}) {{ _r = _v; _idx = {names[no]}; _seen = 1; }} }}")

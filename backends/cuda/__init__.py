@@ -13,12 +13,9 @@ import numpy as np
 
 from ...ir import Graph, NnfuseError
 from ...ir.kernel import Program
+from ..torch_io import to_numpy, to_torch, torch_dtype
 from .nvcc import CudaBuildError, build, find_nvcc  # noqa: F401
 from .codegen import ABI_VERSION, CudaCodegenError, arch_number, generate  # noqa: F401
-
-TORCH_DTYPES = {"f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
-                "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
-
 
 def gpu_available() -> bool:
     try:
@@ -69,12 +66,10 @@ class CudaExecutable:
         dev = "cuda"
 
         def tdt(b):
-            return getattr(torch, TORCH_DTYPES[b.dtype.name])
+            return torch_dtype(b.dtype.name, "cuda")
 
         def to_dev(a: np.ndarray):
-            a = np.ascontiguousarray(a)
-            t = torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else torch.from_numpy(a)
-            return t.reshape(-1).to(dev)
+            return to_torch(a, dev).reshape(-1)
         self._to_dev = to_dev
         self._weights = [to_dev(a) for a in p.const_data]
         self._outs = [torch.empty(max(b.numel, 1), dtype=tdt(b), device=dev) for b in p.outputs]
@@ -100,15 +95,7 @@ class CudaExecutable:
         if rc != 0:
             raise NnfuseError(f"cuda backend: kernel launch failed (cudaError {rc})")
         torch.cuda.synchronize()
-        outs = []
-        for o, shape in zip(self._outs, p.output_shapes):
-            t = o[: int(np.prod(shape))].reshape(shape).cpu()
-            if t.dtype == torch.bfloat16:
-                import ml_dtypes
-                outs.append(t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy())
-            else:
-                outs.append(t.numpy().copy())
-        return outs
+        return [to_numpy(o[: int(np.prod(shape))].reshape(shape)) for o, shape in zip(self._outs, p.output_shapes)]
 
     def source(self) -> str:
         return self._src
@@ -137,6 +124,8 @@ def compile_program(program: Program, arch: Union[str, Sequence[str], None] = No
 def compile_graph(graph: Graph, arch: Union[str, Sequence[str], None] = None, build_only: bool = False,
                   **options) -> CudaExecutable:
     """Lower a graph to kernel IR, generate CUDA C, build it with nvcc (cached) and load it."""
+    from ...passes.graphutil import reject_empty_reads
     from ...passes.lower import lower
+    reject_empty_reads(graph, "cuda")
     find_nvcc()
     return compile_program(lower(graph), arch, build_only, **options)

@@ -14,13 +14,10 @@ import numpy as np
 
 from ...ir import Graph, NnfuseError
 from ...ir.kernel import Program
+from ..torch_io import to_numpy, to_torch, torch_dtype
 from .build import TritonBuildError, load_module, write_source  # noqa: F401
 from .codegen import generate
 from .expr import TritonCodegenError  # noqa: F401
-
-TORCH_DTYPES = {"f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
-                "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool"}
-
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -36,25 +33,6 @@ def pick_device(device: str | None = None) -> str:
         return "cuda"
     raise NnfuseError("the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 in the environment before triton "
                       "is imported (runs the kernels on the CPU, slowly); available here: reference, cpu")
-
-
-def to_torch(a: np.ndarray, device: str):
-    import torch
-    a = np.ascontiguousarray(a)
-    if a.dtype.name == "bfloat16":   # ml_dtypes bf16: reinterpret the bits
-        t = torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
-    else:
-        t = torch.from_numpy(a)
-    return t.to(device)
-
-
-def to_numpy(t) -> np.ndarray:
-    import torch
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    return t.numpy().copy()
 
 
 class TritonExecutable:
@@ -73,9 +51,7 @@ class TritonExecutable:
         p = program
 
         def tdt(b):
-            if b.dtype.name not in TORCH_DTYPES:
-                raise TritonCodegenError(f"dtype {b.dtype.name} of buffer {b.name} is not supported on the triton backend")
-            return getattr(torch, TORCH_DTYPES[b.dtype.name])
+            return torch_dtype(b.dtype.name, "triton")
         self._weights = [to_torch(a, device).reshape(-1) for a in p.const_data]
         self._outs = [torch.empty(b.numel, dtype=tdt(b), device=device) for b in p.outputs]
         self._arena = torch.empty(max(p.arena_bytes, 64), dtype=torch.uint8, device=device)
@@ -83,6 +59,7 @@ class TritonExecutable:
         self._in_dtypes = [tdt(b) for b in p.inputs]
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
         p = self.program
         if len(inputs) != len(p.inputs):
             raise NnfuseError(f"model takes {len(p.inputs)} inputs, got {len(inputs)}")
@@ -91,6 +68,8 @@ class TritonExecutable:
             t = to_torch(np.asarray(x), self.device).reshape(-1)
             if t.numel() != b.numel and not (t.numel() == 0 and b.numel == 1):
                 raise NnfuseError(f"input {b.index}: expected {b.numel} elements of {b.dtype.name}, got shape {list(np.shape(x))}")
+            if t.numel() == 0:   # buffers hold >= 1 element; an empty tensor's pointer may be null (the interpreter segfaults)
+                t = torch.zeros(1, dtype=dt, device=self.device)
             ins.append(t.to(dt))
         self.module.nnf_run(ins, self._outs, self._weights, self._temps)
         for i, (kind, j) in p.output_aliases.items():
@@ -137,5 +116,7 @@ def compile_program(program: Program, device: str | None = None, **options) -> T
 
 def compile_graph(graph: Graph, device: str | None = None, **options) -> TritonExecutable:
     """Lower a graph to kernel IR, generate Triton source, import it and return the executable."""
+    from ...passes.graphutil import reject_empty_reads
     from ...passes.lower import lower
+    reject_empty_reads(graph, "triton")
     return compile_program(lower(graph), device, **options)

@@ -15,7 +15,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..dtypes import dtype as to_dtype
 from ..quant_formats import ELEMENTS, QuantError, Scheme, compute_scale, block_stat, dequantize_with, quantize_with
 from ..types import TensorType
 from .linalg import _matmul_infer
@@ -60,7 +59,7 @@ def _quantize(x, scale, zero=None, dtype="i8", axis=0, group=0, global_scale=1.0
 
 
 _QATTRS = {"axis": Attr("int", 0), "group": Attr("int", 0), "global_scale": Attr("float", 1.0)}
-register("quantize", "quant", _quantize_infer, _quantize, {"dtype": Attr("dtype"), **_QATTRS}, arity=(2, 3),
+register("quantize", "misc", _quantize_infer, _quantize, {"dtype": Attr("dtype"), **_QATTRS}, arity=(2, 3),
          doc="codes = saturate(round_half_even(x / (scale * global_scale)) + zero); scale repeated `group` times along `axis`")
 
 
@@ -78,7 +77,7 @@ def _dequantize(q, scale, zero=None, axis=0, group=0, global_scale=1.0):
     return dequantize_with(q, scale, zero, axis, group, global_scale)
 
 
-register("dequantize", "quant", _dequantize_infer, _dequantize, dict(_QATTRS), arity=(2, 3), keep_const=True,
+register("dequantize", "misc", _dequantize_infer, _dequantize, dict(_QATTRS), arity=(2, 3), keep_const=True,
          doc="(q - zero) * scale * global_scale in f32; scale repeated `group` times along `axis`")
 
 
@@ -126,7 +125,7 @@ def _qdyn(x, dtype="i8", axis=-1, group=0, symmetric=True, scale_dtype="f32", cl
     return (q, scale) if symmetric else (q, scale, zero)
 
 
-register("quantize_dynamic", "quant", _qdyn_infer, _qdyn,
+register("quantize_dynamic", "misc", _qdyn_infer, _qdyn,
          {"dtype": Attr("dtype"), "axis": Attr("int", -1), "group": Attr("int", 0), "symmetric": Attr("bool", True),
           "scale_dtype": Attr("dtype", "f32"), "clip": Attr("float", 1.0)},
          doc="per-token (group 0 along axis), per-block or per-tensor (group -1) scales computed from the data: "
@@ -238,5 +237,5 @@ def _hadamard(x):
     return (y.reshape(x.shape) * np.float32(1 / math.sqrt(n))).astype(x.dtype)
 
 
-register("hadamard", "quant", _hadamard_infer, _hadamard,
+register("hadamard", "misc", _hadamard_infer, _hadamard,
          doc="online Hadamard rotation of the last axis (QuaRot): x @ (H_m kron H_p) / sqrt(n), p a power of two")

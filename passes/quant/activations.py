@@ -17,7 +17,8 @@ from ...ir import Graph, Node, Value
 from ...ir.quant_formats import Scheme, quantize_with
 from ..calibration import calibration_inputs, trace
 from ..manager import PassContext, register_pass
-from .common import QuantPassError, check_calibration, add_node, check_scheme, dequant_weight, quantize_weight, replace_weight, summarize, tidy, weight_row
+from .common import (QuantPassError, add_node, check_calibration, check_scheme, dequant_weight, quantize_weight, replace_weight,
+                     summarize, tidy, weight_row)
 from .weights import layer_plan
 
 
@@ -80,7 +81,7 @@ def rewrite(g: Graph, ctx: PassContext, static_scales: "dict | None" = None) -> 
             L.x = xd
             replace_weight(g, L, dequant_weight(g, L, qt, base))
         row = weight_row(L, qt, note)
-        row["act_format"] = a.describe() + (" static" if static_scales is not None else " per-token")
+        row["act_format"] = a.describe().replace("per-channel", "per-token") + (" static" if static_scales is not None else "")
         rows.append(row)
     tidy(g)
     return {"scheme": cfg.describe(), "int_gemms": sum(1 for n in g.nodes if n.op == "matmul_integer"),

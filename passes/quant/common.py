@@ -1,7 +1,7 @@
 """Shared by the quantization passes: finding weight layers, inserting QDQ nodes, the per-layer report rows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -26,7 +26,15 @@ class Layer:
 
     @property
     def name(self) -> str:
-        return self.node.loc or self.node.inputs[1].name or self.node.op
+        return self.node.loc or self.weight_name or self.node.op
+
+    @property
+    def weight_name(self) -> str:
+        """The weight constant's name without the suffixes passes add (ONNX exports name layers only here)."""
+        v = self.node.inputs[1]
+        while v.producer is not None and v.producer.inputs:
+            v = v.producer.inputs[0]
+        return v.name
 
     @property
     def k(self) -> int:
@@ -68,7 +76,6 @@ def fit_group(layer: Layer, s: Scheme, fallback: bool) -> tuple[Scheme, str]:
     g = s.group
     while g > 1 and layer.k % g:
         g //= 2
-    from dataclasses import replace
     return replace(s, group=g), f"group {s.group} -> {g} (K={layer.k})"
 
 
@@ -132,7 +139,7 @@ def tidy(g: Graph) -> None:
 
 def weight_row(layer: Layer, qt: QTensor, note: str = "") -> dict:
     return {"layer": layer.name, "op": layer.node.op, "shape": list(layer.w.shape), "format": qt.scheme.describe(),
-            "weight_sqnr_db": round(sqnr_db(layer.w if layer.kind == "matmul" else layer.w, qt.dequantize()), 2),
+            "weight_sqnr_db": round(sqnr_db(layer.w, qt.dequantize()), 2),
             "bytes_before": int(layer.w.size * 4), "bytes_after": int(qt.nbytes), **({"note": note} if note else {})}
 
 

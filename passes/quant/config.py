@@ -40,7 +40,8 @@ class QuantConfig:
         return bool(self.exclude) and re.search(self.exclude, loc or "") is not None
 
     def describe(self) -> str:
-        a = f", acts {self.acts.describe()} ({self.mode})" if self.acts is not None else " (weight-only)"
+        a = (f", acts {self.acts.describe().replace('per-channel', 'per-token')} ({self.mode})" if self.acts is not None
+             else " (weight-only)")
         return f"weights {self.weights.describe()}{a}"
 
 

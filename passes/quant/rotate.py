@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Graph, Node, Value
+from ...ir import Graph, Node
 from ...ir.ops.quant import hadamard_matrix, hadamard_split
 from ..blocks import const_value, discover
 from ..manager import PassContext, register_pass
@@ -36,10 +36,8 @@ def set_weight(g: Graph, L: Layer, w: np.ndarray, bias: "np.ndarray | None" = No
     n = L.node
     dt = n.outputs[0].dtype.np
     c = g.add_const((n.inputs[1].name or "w") + ".rot", np.ascontiguousarray(w.astype(dt)))
-    if n.op == "matmul":
+    if n.op == "matmul" and bias is None:
         n.inputs[1] = c
-        if bias is not None:
-            raise AssertionError("matmul layers carry no bias")
     else:
         y = add_node(g, n, "matmul", [L.x, c], n.meta).outputs[0]
         if bias is not None:

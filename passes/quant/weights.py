@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ...ir import Graph
 from ..manager import PassContext, register_pass
-from .common import check_scheme, dequant_weight, fit_group, quantize_weight, replace_weight, summarize, tidy, weight_layers, weight_row
+from .common import (check_scheme, dequant_weight, fit_group, quantize_weight, replace_weight, summarize, tidy, weight_layers,
+                     weight_row)
 from .config import parse_config
 
 
@@ -15,12 +16,14 @@ def layer_plan(g: Graph, ctx: PassContext):
     plan, excluded = [], []
     fallback = bool(ctx.get("fallback_group", False))
     for L in weight_layers(g):
-        if cfg.excluded(L.name):
+        if cfg.excluded(L.name) or cfg.excluded(L.weight_name):
             excluded.append(L.name)
             continue
         s, note = fit_group(L, cfg.weights, fallback)
         check_scheme(L, s)
         plan.append((L, s, note))
+    if cfg.exclude and not excluded:
+        ctx.emit(f"warning: exclude pattern {cfg.exclude!r} matched no layer (module paths or weight names)")
     return cfg, plan, excluded
 
 

@@ -97,11 +97,17 @@ def test_bad_operands():
     b = Builder("bad")
     x = b.input("x", [4, 48])
     with pytest.raises(OpError, match="group 32 does not divide"):
-        b.quantize_dynamic(x, dtype="i8", group=32)
+        b.op("quantize_dynamic", x, dtype="i8", group=32)
     with pytest.raises(OpError, match="no Hadamard matrix of size 22"):
-        b.hadamard(b.input("y", [4, 22]))
+        b.op("hadamard", b.input("y", [4, 22]))
     with pytest.raises(OpError, match="8- or 4-bit integer"):
-        b.matmul_integer(x, b.const(np.zeros((48, 2), np.float32)))
+        b.op("matmul_integer", x, b.const(np.zeros((48, 2), np.float32)))
+    with pytest.raises(OpError, match="scale f32\\[4,2\\] does not broadcast"):
+        b.op("quantize", x, b.const(np.ones((4, 2), np.float32)), dtype="i8")
+    with pytest.raises(OpError, match="dequantize needs quantized codes"):
+        b.op("dequantize", x, b.const(np.ones((1, 48), np.float32)))
+    with pytest.raises(OpError, match="group 16 does not divide dim 1 of size 48|scale dim 1 is 2, expected 48/16"):
+        b.op("dequantize", b.const(np.zeros((4, 48), np.int8)), b.const(np.ones((4, 2), np.float32)), axis=1, group=16)
 
 
 def test_text_roundtrip_with_quant_ops():
