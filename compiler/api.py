@@ -129,6 +129,8 @@ class CompiledModel:
              "ops": self.graph.op_histogram(), "param_bytes": self.graph.param_bytes()}
         if self.report is not None and hasattr(self.report, "as_dict"):
             s["passes"] = self.report.as_dict()
+        if getattr(self, "accuracy", None):
+            s["accuracy"] = self.accuracy
         extra = getattr(self.executable, "stats", None)
         if callable(extra):
             s.update(extra())
@@ -170,11 +172,20 @@ def compile(model: Any, example_inputs: Optional[Sequence] = None, *, backend: s
         frontend_opts["dynamic"] = True
     graph = to_graph(model, example_inputs, **frontend_opts)
     _check_weights(graph)
+    fp32_graph = graph
+    if "precision" in options:
+        from .passes.precision import check_precision
+        check_precision(options["precision"])
     from .passes import optimize
     graph, report = optimize(graph, opt_level=opt_level, passes=passes, disable=disable, verify_each=verify_each,
                              print_after=print_after, print_after_all=print_after_all, backend=backend, **options)
     exe = bmod.compile_graph(graph, **options)
-    return CompiledModel(graph, exe, backend, report, time.perf_counter() - t0, options)
+    cm = CompiledModel(graph, exe, backend, report, time.perf_counter() - t0, options)
+    if options.get("precision", "fp32") != "fp32" and example_inputs is not None and options.get("accuracy_report", True):
+        from .precision import accuracy_report   # reduced precision: error and logit cosine vs f32 (issue 12)
+        cm.accuracy = accuracy_report(fp32_graph, cm, example_inputs if not hasattr(example_inputs, "shape") else (example_inputs,),
+                                      options["precision"])
+    return cm
 
 
 def _check_weights(g: Graph) -> None:

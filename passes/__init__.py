@@ -4,3 +4,4 @@ from . import canonicalize, cleanup, fold_bn, fusion, recognize  # noqa: F401,E4
 from . import drop_attention, ffn_fusion, skip_layers  # noqa: F401,E402  (approximate, opt-in only)
 from . import pipelines  # noqa: F401,E402  (O1-O3 presets of the passes above)
 from . import quant  # noqa: F401,E402  (quantization passes; compile(quantize=...) hooks them in)
+from . import precision  # noqa: F401,E402  (bf16/fp16 policy; compile(precision=...) hooks it in)

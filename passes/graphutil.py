@@ -88,22 +88,31 @@ def numel_est(shape: tuple, sym: int = 64) -> int:
     return n
 
 
-def empty_read(g: Graph) -> Optional[Node]:
-    """The first node (regions included) that reads a zero-size tensor but produces a non-empty one, else None.
-    Such a node needs the empty-reduction identity (sum -> 0, max -> -inf, concat skips the piece), which the
-    kernel IR cannot express: lowering gives every dim at least one element."""
+def first_empty(g: Graph) -> Optional[tuple[Value, Optional[Node]]]:
+    """The first zero-size value (input, constant or result, regions included) and its producer, else None."""
     def empty(v: Value) -> bool:
         return any(d == 0 for d in v.type.shape)
-    for n in g.walk():   # a fused node's body holds the node that crosses from empty to non-empty
-        if n.body is None and any(empty(v) for v in n.inputs) and any(not empty(o) for o in n.outputs):
-            return n
+    for v in list(g.inputs) + list(g.constants.values()):
+        if empty(v):
+            return v, None
+    for n in g.walk():
+        for v in list(n.outputs) + (list(n.body.constants.values()) if n.body is not None else []):
+            if empty(v):
+                return v, n
     return None
 
 
-def reject_empty_reads(g: Graph, backend: str) -> None:
-    """Refuse, naming the node, a graph the kernel-IR backends would compute wrongly (see empty_read)."""
-    n = empty_read(g)
-    if n is not None:
-        shapes = ", ".join(str(v.type) for v in n.inputs)
-        raise NnfuseError(f"node {n.op} ({n.loc or 'no location'}) reads a zero-size tensor ({shapes}) into a non-empty "
-                          f"result: the {backend} backend does not support that; use backend='reference' or 'onnx'")
+def check_lowerable(g: Graph, backend: str) -> None:
+    """Refuse, naming the input or node, what a static-shape GPU backend cannot compile: symbolic input dims, and
+    zero-size tensors (its kernels size grids, masks and buffers for at least one element, so an empty tensor would
+    be read or written out of bounds)."""
+    for v in g.inputs:
+        if not all(isinstance(d, int) for d in v.type.shape):
+            raise NnfuseError(f"input '{v.name}' has symbolic shape {v.type}: the {backend} backend needs static shapes "
+                              "(compile with example inputs or --input-shape)")
+    hit = first_empty(g)
+    if hit is not None:
+        v, n = hit
+        where = f"node {n.op}{' (' + n.loc + ')' if n.loc else ''} produces" if n is not None else f"'{v.name}' is"
+        raise NnfuseError(f"{where} a zero-size tensor {v.type}: the {backend} backend does not support zero-size "
+                          "tensors; use backend='reference', 'cpu' or 'onnx'")

@@ -545,6 +545,8 @@ def _gemm_core(L, a: Tensor, b: Tensor, out_type, alpha=1.0, epi_fn=None) -> Ten
     batch = tuple(out_type.shape[:-2])
     a = broadcast(a, batch + (m, k))
     b = broadcast(b, batch + (k, n))
+    from .precision import gemm_operands_bf16
+    a, b = gemm_operands_bf16(a, b) or (a, b)   # bf16-rounded x @ bf16 weight: the gemm reads bf16 (issue 12)
     aa = _operand(L, a, m, k)
     ba = _const_row_major(L, b, k, n) or _operand(L, b, k, n)
     shape = batch + (m, n)

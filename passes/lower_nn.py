@@ -309,6 +309,8 @@ def _conv(L, n, ins):
     p = tuple(a.get("pads") or (0,) * (2 * nd))
     d = tuple(a.get("dilations") or (1,) * nd)
     oshape = tuple(out.shape)
+    from .precision import widen_const
+    w = widen_const(L, w) or w   # a bf16 weight (precision="bf16") widened once at compile time, not per run
     xs, ws = L.contiguous(x), L.contiguous(w)
     N, C = xs.shape[:2]
     ks = tuple(ws.shape[2:])

@@ -123,3 +123,16 @@ def test_hostile_names_never_reach_the_cuda_source():
     for line in src.splitlines():   # the graph name survives only inside a one-line comment, defanged
         if "int main" in line:
             assert line.startswith("/*") and line.endswith("*/") and line.count("*/") == 1, line
+
+
+def test_unlowerable_graphs_are_refused_naming_the_cuda_backend():
+    """Checked before nvcc runs: symbolic inputs, and a reduction over an empty axis (lowering clamps dims to 1)."""
+    from nnfuse.ir import Builder, NnfuseError
+    b = Builder("dyn")
+    g = b.output(b.relu(b.input("x", ["B", 4])))
+    with pytest.raises(NnfuseError, match="the cuda backend needs static shapes"):
+        cuda.compile_graph(g, build_only=True)
+    b = Builder("empty")
+    g = b.output(b.reduce_sum(b.input("x", [0, 4]), axes=[0]))
+    with pytest.raises(NnfuseError, match="zero-size tensor f32\\[0,4\\]: the cuda backend"):
+        cuda.compile_graph(g, build_only=True)

@@ -254,3 +254,15 @@ def test_qdq_import_matches_onnxruntime():
              init("w8", R.integers(0, 255, (8, 5)).astype(np.uint8))]
     m = model(nodes, [vi("x", [3, 8])], [vi("y", None), vi("acc", None, np.int32)], inits)
     check_import_export(m, {"x": f32(3, 8)})
+
+
+@pytest.mark.parametrize("op,dt", [("ReduceMax", np.float32), ("ReduceMin", np.float32), ("ReduceMax", np.int64),
+                                   ("ReduceSum", np.float32)])
+def test_reduction_over_an_empty_axis_matches_onnxruntime(op, dt):
+    """max/min of an empty set is the identity (-inf/+inf, int min/max); the reference evaluator raised instead."""
+    m = model([helper.make_node(op, ["x"], ["y"], keepdims=0, axes=[0])], [vi("x", [0, 4], dt)], [vi("y", [4], dt)], opset=11)
+    feeds = {"x": np.zeros((0, 4), dt)}
+    want = ort_run(m, feeds)
+    assert_close(evaluate(load(m), [feeds["x"]]), want)
+    import nnfuse
+    assert_close([nnfuse.compile(m, backend="cpu")(feeds["x"])], want)

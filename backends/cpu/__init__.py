@@ -122,6 +122,8 @@ class CpuExecutable:
         s.update({"cache_hit": self.cache_hit, "c_compile_seconds": round(self.compile_s, 3), "threads": self.threads,
                   "threads_now": self._cur, "auto_threads": self._auto,
                   "blas": "openblas" if self.blas else "generated-c", "gemm": self.gemm, "library": self.lib_path})
+        if getattr(self, "bf16_path", None):
+            s["bf16_path"] = self.bf16_path
         return s
 
 
@@ -161,9 +163,13 @@ def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_thre
     from ...passes.lower import lower
     find_compiler()
     program = lower(graph)
+    from .bf16 import pack_program, report_path
+    pack_program(program)   # bf16 weights packed for the micro-kernel, once (issue 12)
     src = generate(program, profile)
     path, hit, secs = build(src)
-    return CpuExecutable(program, src, path, hit, secs, threads, auto_threads)
+    exe = CpuExecutable(program, src, path, hit, secs, threads, auto_threads)
+    exe.bf16_path = report_path(exe.lib, program)
+    return exe
 
 
 def compile_graph(graph: Graph, threads: int = 0, profile: bool = False, **options):

@@ -547,6 +547,9 @@ class KernelWriter:
         oref = f"_O[_m*{O.strides[-2]} + _n]"
         epi = epi_em.expr(k.epilogue) if k.epilogue is not None else None
         s = ""
+        if k.meta.get("bf16_packed"):   # bf16 A x packed bf16 weight, f32 accumulate (backends/cpu/bf16.py)
+            from .bf16 import emit_gemm
+            return emit_gemm(self, k, epi)
         typed = ctype(A.buf.dtype) == c == ctype(B.buf.dtype) == ctype(O.buf.dtype) and c in ("float", "double")
         if typed:
             return self.gemm_blas(k, c, base, bn_, epi)
@@ -760,6 +763,9 @@ def generate(p: Program, profile: bool = False) -> str:
     """Kernels whose C bodies are identical (the same layer repeated: only the buffers differ, and those are
     parameters) are emitted once and called many times: less C to compile, same machine code."""
     parts = [PRELUDE % {"abi": ABI_VERSION}, _tables(p)]
+    if any(k.meta.get("bf16_packed") for k in p.kernels):
+        from .bf16 import C_SOURCE
+        parts.append(C_SOURCE)
     seen: dict[str, str] = {}
     calls = []
     for k in p.kernels:

@@ -124,8 +124,8 @@ def compile_program(program: Program, arch: Union[str, Sequence[str], None] = No
 def compile_graph(graph: Graph, arch: Union[str, Sequence[str], None] = None, build_only: bool = False,
                   **options) -> CudaExecutable:
     """Lower a graph to kernel IR, generate CUDA C, build it with nvcc (cached) and load it."""
-    from ...passes.graphutil import reject_empty_reads
+    from ...passes.graphutil import check_lowerable
     from ...passes.lower import lower
-    reject_empty_reads(graph, "cuda")
+    check_lowerable(graph, "cuda")
     find_nvcc()
     return compile_program(lower(graph), arch, build_only, **options)

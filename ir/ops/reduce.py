@@ -34,9 +34,21 @@ def _acc(x):
 REDUCE = {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max, "reduce_min": np.min, "reduce_prod": np.prod}
 _RATTRS = {"axes": Attr("ints", None), "keepdims": Attr("bool", False)}
 
+def _empty_identity(fn, dt: np.dtype):
+    """max/min over an empty set: -inf/+inf for floats, the type's min/max for ints (ONNX ReduceMax/Min, opset 18)."""
+    lo = fn is np.max
+    if dt.kind == "f":
+        return -np.inf if lo else np.inf
+    if dt.kind == "b":
+        return not lo
+    return np.iinfo(dt).min if lo else np.iinfo(dt).max
+
+
 for _name, _fn in REDUCE.items():
     def _ref(x, axes, keepdims, _fn=_fn):
-        return np.asarray(_fn(_acc(x), axis=_axes(axes, x.ndim, ""), keepdims=keepdims)).astype(x.dtype)
+        a = _acc(x)
+        kw = {"initial": _empty_identity(_fn, a.dtype)} if a.size == 0 and _fn in (np.max, np.min) else {}
+        return np.asarray(_fn(a, axis=_axes(axes, x.ndim, ""), keepdims=keepdims, **kw)).astype(x.dtype)
     register(_name, "reduce", _reduce_infer(_name), _ref, _RATTRS, fn=_fn)
 
 

@@ -1,0 +1,261 @@
+"""bf16 GEMM on the cpu backend: bf16 A and B, products and sums in f32, f32 result (+ the fused epilogue).
+
+B (a constant weight) is packed once, at compile time, in the layout the micro-kernels read: panels of 64
+columns; inside a panel, for each pair of k rows, the 64 columns as (B[2p, n], B[2p+1, n]) pairs — the
+operand layout of `vdpbf16ps` (one 512-bit load = 16 columns x 2 k) and of an AMX B tile (rows = k pairs).
+N is padded to 64 and K to even with zeros. A (the activation, rounded to bf16 once by the kernel before)
+is read row-major; each row's k pair is broadcast as one 32-bit lane.
+
+Three paths, chosen by the compiler's target macros under -march=native (reported by `nnf_bf16_path`):
+- `amx-bf16`   (__AMX_TILE__ + __AMX_BF16__): 16x64 output blocks with 4 accumulator tiles; Linux grants the
+               tile state once per process via arch_prctl(ARCH_REQ_XCOMP_PERM). Compile-tested here only.
+- `avx512bf16` (__AVX512BF16__): 6x64 register tile of `_mm512_dpbf16_ps`, 24 accumulators.
+- `widening`   (anything else): the same loops widening bf16 to f32 with shifts (GCC vector extensions).
+Define NNF_NO_AMX / NNF_NO_AVX512BF16 to force a lower path (tests compare the paths that way).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+
+from ...ir.kernel import Access, Buffer, Gemm, Program
+
+PANEL = 64
+
+C_SOURCE = r"""
+/* ---- bf16 gemm (backends/cpu/bf16.py) ---- */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && !defined(NNF_NO_AMX) && !defined(NNF_NO_AVX512BF16)
+#define NNF_AMX 1
+#endif
+#if defined(__AVX512BF16__) && !defined(NNF_NO_AVX512BF16)
+#define NNF_AVX512BF16 1
+#include <immintrin.h>
+#endif
+#if defined(NNF_AMX)
+#include <unistd.h>
+#include <sys/syscall.h>
+const char* nnf_bf16_path(void) { return "amx-bf16"; }
+#elif defined(NNF_AVX512BF16)
+const char* nnf_bf16_path(void) { return "avx512bf16"; }
+#else
+const char* nnf_bf16_path(void) { return "widening"; }
+#endif
+/* the k pair (a[2p], a[2p+1]) of one A row as the 32-bit lane dpbf16 wants; the odd tail pair has a zero high half */
+static inline int32_t nnf_apair(const uint16_t* a, int64_t p, int odd_tail) {
+  if (odd_tail) return (int32_t)(uint32_t)a[2 * p];
+  int32_t v; memcpy(&v, a + 2 * p, 4); return v;
+}
+#if !defined(NNF_AVX512BF16)
+typedef uint32_t nnf_u16x2 __attribute__((vector_size(64)));
+typedef uint32_t nnf_u16x2u __attribute__((vector_size(64), aligned(2)));
+#endif
+#if defined(NNF_AVX512BF16)
+#define NNF_BSTEP(MR, P, ODD)                                                                                    \
+  { const uint16_t* bb = b + (kp0 + (P)) * 128;                                                                  \
+    __m512bh b0 = (__m512bh)_mm512_loadu_si512(bb), b1 = (__m512bh)_mm512_loadu_si512(bb + 32);                  \
+    __m512bh b2 = (__m512bh)_mm512_loadu_si512(bb + 64), b3 = (__m512bh)_mm512_loadu_si512(bb + 96);             \
+    _Pragma("GCC unroll 8")                                                                                      \
+    for (int r = 0; r < MR; r++) {                                                                               \
+      __m512bh av = (__m512bh)_mm512_set1_epi32(nnf_apair(a + r * lda, kp0 + (P), ODD));                         \
+      acc[r][0] = (nnf_v16)_mm512_dpbf16_ps((__m512)acc[r][0], av, b0);                                           \
+      acc[r][1] = (nnf_v16)_mm512_dpbf16_ps((__m512)acc[r][1], av, b1);                                           \
+      acc[r][2] = (nnf_v16)_mm512_dpbf16_ps((__m512)acc[r][2], av, b2);                                           \
+      acc[r][3] = (nnf_v16)_mm512_dpbf16_ps((__m512)acc[r][3], av, b3); } }
+#else
+#define NNF_BSTEP(MR, P, ODD)                                                                                    \
+  { const uint16_t* bb = b + (kp0 + (P)) * 128; nnf_v16 be[4], bo[4];                                           \
+    for (int j = 0; j < 4; j++) { nnf_u16x2 v = *(const nnf_u16x2u*)(bb + 32 * j);                              \
+      nnf_u16x2 lo = v << 16, hi = v & 0xffff0000u; memcpy(&be[j], &lo, 64); memcpy(&bo[j], &hi, 64); }           \
+    _Pragma("GCC unroll 8")                                                                                      \
+    for (int r = 0; r < MR; r++) {                                                                               \
+      uint32_t pr = (uint32_t)nnf_apair(a + r * lda, kp0 + (P), ODD);                                            \
+      nnf_v16 a0 = (nnf_v16){0} + nnf_bf16_to_f((uint16_t)(pr & 0xffffu)), a1 = (nnf_v16){0} + nnf_bf16_to_f((uint16_t)(pr >> 16)); \
+      for (int j = 0; j < 4; j++) acc[r][j] += a0 * be[j] + a1 * bo[j]; } }
+#endif
+/* MR x 64 block of C over k pairs [kp0, kp0 + kc) of the packed panel b (already offset to kp0). */
+#define NNF_BMK(MR)                                                                                              \
+static inline void nnf_bmk##MR(int64_t kp0, int64_t kc, int odd, int first, float sc, const uint16_t* a,          \
+                               int64_t lda, const uint16_t* b, float* c, int64_t ldc) {                          \
+  nnf_v16 acc[MR][4];                                                                                            \
+  for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++)                                                       \
+    acc[r][j] = first ? (nnf_v16){0} : NNF_LD(c + r * ldc + 16 * j);                                             \
+  int64_t full = kc - (odd ? 1 : 0);                                                                             \
+  for (int64_t p = 0; p < full; p++) NNF_BSTEP(MR, p, 0)                                                         \
+  if (odd) NNF_BSTEP(MR, full, 1)                                                                                \
+  for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) NNF_ST(c + r * ldc + 16 * j, acc[r][j] * sc);         \
+}
+NNF_BMK(6)
+NNF_BMK(4)
+NNF_BMK(2)
+NNF_BMK(1)
+#if defined(NNF_AMX)
+/* AMX: C[16 x 64] += A[16 x 32k] . B over 16-pair k blocks; 4 accumulator tiles (tmm0-3), A in tmm4, B in tmm5.
+   The tile state is requested from Linux once per process; the config is loaded once per thread. */
+typedef struct { uint8_t palette, start; uint8_t r0[14]; uint16_t colsb[16]; uint8_t rows[16]; } nnf_tilecfg;
+static int nnf_amx_state = -1;
+static __thread int nnf_amx_cfg = 0;
+static int nnf_amx_ready(void) {
+  if (nnf_amx_state < 0) {
+    #pragma omp critical(nnf_amx)
+    if (nnf_amx_state < 0) nnf_amx_state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  }
+  if (nnf_amx_state && !nnf_amx_cfg) {
+    nnf_tilecfg t; memset(&t, 0, sizeof t); t.palette = 1;
+    for (int i = 0; i < 6; i++) { t.rows[i] = 16; t.colsb[i] = 64; }
+    _tile_loadconfig(&t); nnf_amx_cfg = 1;
+  }
+  return nnf_amx_state;
+}
+static void nnf_amx16(int64_t kp0, int64_t kc, int first, const uint16_t* a, int64_t lda, const uint16_t* b, float* c, int64_t ldc) {
+  if (first) { _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3); }
+  else { _tile_loadd(0, c, ldc * 4); _tile_loadd(1, c + 16, ldc * 4); _tile_loadd(2, c + 32, ldc * 4); _tile_loadd(3, c + 48, ldc * 4); }
+  for (int64_t p = kp0; p < kp0 + kc; p += 16) {
+    _tile_loadd(4, a + 2 * p, lda * 2);
+    _tile_loadd(5, b + p * 128, 256); _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(5, b + p * 128 + 32, 256); _tile_dpbf16ps(1, 4, 5);
+    _tile_loadd(5, b + p * 128 + 64, 256); _tile_dpbf16ps(2, 4, 5);
+    _tile_loadd(5, b + p * 128 + 96, 256); _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_stored(0, c, ldc * 4); _tile_stored(1, c + 16, ldc * 4); _tile_stored(2, c + 32, ldc * 4); _tile_stored(3, c + 48, ldc * 4);
+}
+#endif
+/* C[:, n0:n1] = alpha * A[M, K] @ B for columns [n0, n1) (n0 a multiple of 64) of a packed B with KP k pairs. */
+static void nnf_gemm_bf16(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const uint16_t* A, int64_t lda,
+                          const uint16_t* Bp, float* C, int64_t ldc) {
+  const int64_t KP = (K + 1) / 2, KCP = 128;
+  if (K <= 0) { for (int64_t m = 0; m < M; m++) for (int64_t n = n0; n < n1; n++) C[m * ldc + n] = 0; return; }
+  for (int64_t n = n0; n < n1; n += 64) {
+    const uint16_t* pan = Bp + (n / 64) * KP * 128;
+    int64_t nw = n1 - n < 64 ? n1 - n : 64;
+    for (int64_t kp0 = 0; kp0 < KP; kp0 += KCP) {
+      int64_t kc = KP - kp0 < KCP ? KP - kp0 : KCP;
+      int first = kp0 == 0, last = kp0 + kc >= KP, odd = last && (K & 1);
+      float sc = last ? alpha : 1.0f;
+      int64_t m = 0;
+      if (nw == 64) {
+        float* cp = C + n;
+#if defined(NNF_AMX)
+        if (!odd && kc % 16 == 0 && nnf_amx_ready()) {
+          for (; m + 16 <= M; m += 16) nnf_amx16(kp0, kc, first, A + m * lda, lda, pan, cp + m * ldc, ldc);
+          if (last && alpha != 1.0f) for (int64_t r = 0; r < m; r++) for (int j = 0; j < 64; j++) cp[r * ldc + j] *= alpha;
+        }
+#endif
+        for (; m + 6 <= M; m += 6) nnf_bmk6(kp0, kc, odd, first, sc, A + m * lda, lda, pan, cp + m * ldc, ldc);
+        for (; m + 4 <= M; m += 4) nnf_bmk4(kp0, kc, odd, first, sc, A + m * lda, lda, pan, cp + m * ldc, ldc);
+        for (; m + 2 <= M; m += 2) nnf_bmk2(kp0, kc, odd, first, sc, A + m * lda, lda, pan, cp + m * ldc, ldc);
+        for (; m < M; m++) nnf_bmk1(kp0, kc, odd, first, sc, A + m * lda, lda, pan, cp + m * ldc, ldc);
+        continue;
+      }
+      for (; m < M; m++) {   /* a ragged last panel: through a 64-wide row buffer (the packed B is zero-padded) */
+        float t[64];
+        float* cr = C + m * ldc + n;
+        for (int j = 0; j < 64; j++) t[j] = (!first && j < nw) ? cr[j] : 0.0f;
+        nnf_bmk1(kp0, kc, odd, first, sc, A + m * lda, lda, pan, t, 64);
+        for (int64_t j = 0; j < nw; j++) cr[j] = t[j];
+      }
+    }
+  }
+}
+"""
+
+
+def packable(k: Gemm) -> bool:
+    """A gemm the bf16 kernel runs: bf16 row-major A, constant bf16 B shared by all rows, f32 row-major output."""
+    if k.batch or not isinstance(k.b, Access):
+        return False
+    a, b, o = k.a, k.b, k.out
+    return (a.buf.dtype.name == "bf16" and b.buf.dtype.name == "bf16" and b.buf.kind == "const"
+            and o.buf.dtype.name == "f32" and a.strides[-1] == 1 and (k.m == 1 or a.strides[-2] >= k.k)
+            and o.strides[-1] == 1 and (k.m == 1 or o.strides[-2] >= k.n))
+
+
+def pack_b(w: np.ndarray) -> np.ndarray:
+    """[K, N] bf16 -> panels [ceil(N/64)][ceil(K/2)][64][2] (zero padded), flattened."""
+    K, N = w.shape
+    KP, NP = (K + 1) // 2, -(-N // PANEL)
+    buf = np.zeros((2 * KP, NP * PANEL), dtype=w.dtype)
+    buf[:K, :N] = w
+    return np.ascontiguousarray(buf.reshape(KP, 2, NP, PANEL).transpose(2, 0, 3, 1)).reshape(-1)
+
+
+def pack_program(p: Program) -> int:
+    """Give every packable bf16 gemm its own packed copy of B (a new const buffer): done once, at compile time."""
+    done: dict[tuple, Buffer] = {}
+    n = 0
+    for k in p.kernels:
+        if not (isinstance(k, Gemm) and packable(k)):
+            continue
+        b = k.b
+        key = (id(b.buf), b.offset, b.strides, k.k, k.n)
+        nb = done.get(key)
+        if nb is None:
+            src = p.const_data[b.buf.index]
+            item = src.itemsize
+            view = np.lib.stride_tricks.as_strided(src.reshape(-1)[b.offset:], (k.k, k.n),
+                                                   (b.strides[-2] * item, b.strides[-1] * item))
+            arr = pack_b(view)
+            nb = Buffer(f"w{len(p.consts)}", b.buf.dtype, int(arr.size), "const", len(p.consts),
+                        label=b.buf.label + " (bf16 packed)")
+            p.consts.append(nb)
+            p.const_data.append(arr)
+            done[key] = nb
+        k.b = Access(nb, 0, (k.n, 1))   # the C reads it through the packed layout (meta below), not these strides
+        k.meta["bf16_packed"] = True
+        n += 1
+    if n:   # the unpacked bf16 weights that no kernel reads any more are dropped from the call
+        used = {id(a.buf) for kk in p.kernels for a in kk.reads()}
+        for i, (b, arr) in enumerate(zip(p.consts, p.const_data)):
+            if id(b) not in used and b.dtype.name == "bf16":
+                p.const_data[i] = np.zeros(1, arr.dtype)
+                b.numel = 1
+    return n
+
+
+def emit_gemm(w, k: Gemm, epi: Optional[str]) -> str:
+    """C body for a packed bf16 gemm: threads take 64-column chunks of N; each applies the epilogue to its slice."""
+    A, O = k.a, k.out
+    lda = A.strides[-2] if k.m > 1 else k.k
+    ldo = O.strides[-2] if k.m > 1 else k.n
+    a_ptr = f"{w.bn(A.buf)} + {A.offset}"
+    b_ptr = f"{w.bn(k.b.buf)}"
+    work = k.m * k.n * k.k
+    chunk = max(PANEL, -(-k.n // 8) // PANEL * PANEL)
+    nch = -(-k.n // chunk)
+    epi_loop = (f"for (int64_t _m = 0; _m < {k.m}; _m++) {{ float* restrict _row = _O + _m*{ldo}; "
+                f"for (int64_t _n = _n0; _n < _n1; _n++) {{ float _acc = _row[_n]; _row[_n] = {epi}; }} }}") if epi is not None else ""
+    return (f"  {{\n    float* _O = {w.bn(O.buf)} + {O.offset};\n"
+            f"    #pragma omp parallel for schedule(dynamic, 1) if({1 if work >= 65536 and nch > 1 else 0})\n"
+            f"    for (int64_t _ch = 0; _ch < {nch}; _ch++) {{\n"
+            f"      int64_t _n0 = _ch * {chunk}, _n1 = _n0 + {chunk} < {k.n} ? _n0 + {chunk} : {k.n};\n"
+            f"      nnf_gemm_bf16({k.m}, _n0, _n1, {k.k}, {float(k.alpha)!r}f, {a_ptr}, {lda}, {b_ptr}, _O, {ldo});\n"
+            f"      {epi_loop}\n    }}\n  }}\n")
+
+
+def cpu_bf16_features() -> dict:
+    """What this CPU offers for bf16 (from /proc/cpuinfo; {} elsewhere)."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        return {}
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags and "amx_tile" in flags}
+
+
+_warned = False
+
+
+def report_path(lib, program: Program) -> Optional[str]:
+    """The bf16 path the built library took (None without bf16 gemms); one warning when it is emulated."""
+    global _warned
+    if not any(k.meta.get("bf16_packed") for k in program.kernels):
+        return None
+    import ctypes
+    f = lib.nnf_bf16_path
+    f.restype = ctypes.c_char_p
+    path = f().decode()
+    if path == "widening" and not _warned:
+        _warned = True
+        warnings.warn("precision='bf16': this CPU has neither AVX512_BF16 (vdpbf16ps) nor AMX-BF16; bf16 GEMMs run "
+                      "emulated (bf16 widened to f32)", RuntimeWarning, stacklevel=3)
+    return path
