@@ -1,4 +1,5 @@
 """nnfuse-cpu vs PyTorch eager vs torch.compile (inductor) vs onnxruntime, 2 threads, medians with warm-up.
+OpenVINO (f32 and default precision) and nnfuse precision="bf16" columns come from openvino_peer.py.
 
 usage: python benchmarks/run.py [WORKLOAD ...] [--no-inductor] [--threads N] [--markdown]
 WORKLOAD: mlp llama gpt2 bert resnet50 gemm (default: all), or a path to an .onnx file.
@@ -88,6 +89,9 @@ def bench_torch(name: str, threads: int, inductor: bool, tmp: str) -> dict:
         got = cm(x)
     err = float((torch.as_tensor(got).float() - ref.float()).abs().max())
     row = {"name": name, "compile_s": cold, "recompile_s": warm, "err": err, "stats": cm.stats()}
+    from openvino_peer import Peers   # OpenVINO f32 / default precision and nnfuse bf16 columns (issue 12)
+    peers = Peers(path, threads, model, (x,))
+    row.update(peers.info)
     if inductor:
         torch._dynamo.reset()
         t0 = time.perf_counter()
@@ -104,6 +108,7 @@ def bench_torch(name: str, threads: int, inductor: bool, tmp: str) -> dict:
             if inductor:
                 r["inductor"] = median_latency(lambda: comp(x))
         r["ort"] = median_latency(lambda: sess.run(None, {"x": xn}))
+        r.update(peers.time({"x": xn}))
         rows.append(r)
     for k in rows[0]:
         row[k] = float(np.median([r[k] for r in rows]))
@@ -125,9 +130,13 @@ def bench_onnx(path: str, threads: int, name: str) -> dict:
     got = cm(*feeds.values())
     got = got[0] if isinstance(got, tuple) else got
     row = {"name": name, "compile_s": cold, "recompile_s": warm, "err": float(np.abs(got - ref).max()), "stats": cm.stats()}
+    from openvino_peer import Peers
+    peers = Peers(path, threads, path, list(feeds.values()))
+    row.update(peers.info)
     rows = []
     for _ in range(3):
-        rows.append({"nnfuse": median_latency(lambda: cm(*feeds.values())), "ort": median_latency(lambda: sess.run(None, feeds))})
+        rows.append({"nnfuse": median_latency(lambda: cm(*feeds.values())), "ort": median_latency(lambda: sess.run(None, feeds)),
+                     **peers.time(feeds)})
     for k in rows[0]:
         row[k] = float(np.median([r[k] for r in rows]))
     return row
@@ -139,29 +148,33 @@ def fma_peak(threads: int) -> float:
     from nnfuse.backends.cpu.build import build
     src = r"""
 #include <omp.h>
+typedef float v16 __attribute__((vector_size(64)));
 double nnf_peak(long iters, int threads) {
   double t0 = omp_get_wtime();
   float sink = 0;
   #pragma omp parallel num_threads(threads) reduction(+:sink)
   {
-    float acc[256]; for (int j = 0; j < 256; j++) acc[j] = j * 1e-3f;
-    float a = 0.999999f, b = 1e-7f;
-    for (long i = 0; i < iters; i++) {
-      #pragma omp simd
-      for (int j = 0; j < 256; j++) acc[j] = acc[j] * a + b;
+    v16 a = (v16){0} + 0.999999f, b = (v16){0} + 1e-7f;
+    v16 c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = b + b, c6 = a + a, c7 = a * b;
+    v16 c8 = c0 + 1, c9 = c1 + 1, c10 = c2 + 1, c11 = c3 + 1;
+    for (long i = 0; i < iters; i++) {   /* 12 independent register-resident FMA chains */
+      c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b; c4 = c4 * a + b; c5 = c5 * a + b;
+      c6 = c6 * a + b; c7 = c7 * a + b; c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;
+      __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
     }
-    for (int j = 0; j < 256; j++) sink += acc[j];
+    v16 t = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;
+    for (int j = 0; j < 16; j++) sink += t[j];
   }
   double t = omp_get_wtime() - t0;
-  return sink == 12345.0f ? 0 : 2.0 * 256 * iters * threads / t / 1e9;
+  return sink == 12345.0f ? 0 : 2.0 * 12 * 16 * iters * threads / t / 1e9;
 }
 """
     path, _, _ = build(src)
     lib = ctypes.CDLL(path)
     lib.nnf_peak.restype = ctypes.c_double
     lib.nnf_peak.argtypes = [ctypes.c_long, ctypes.c_int]
-    lib.nnf_peak(200000, threads)
-    return max(lib.nnf_peak(2000000, threads) for _ in range(3))
+    lib.nnf_peak(1000000, threads)
+    return max(lib.nnf_peak(20000000, threads) for _ in range(3))
 
 
 def nominal_peak(threads: int) -> float:
@@ -274,6 +287,8 @@ def format_row(r: dict) -> str:
     if "inductor_compile_s" in r:
         parts.append(f"inductor compile {r['inductor_compile_s']:.1f} s")
     parts.append(f"max err {r['err']:.1e}")
+    from openvino_peer import format_cols
+    parts.append(format_cols(r))
     return "  ".join(parts)
 
 
@@ -293,6 +308,8 @@ def table(rows: list) -> str:
         if r["name"] == "gemm":
             out.append("")
             out.append(format_row(r))
+    from openvino_peer import table as bf16_table
+    out.append(bf16_table(rows))
     return "\n".join(out)
 
 

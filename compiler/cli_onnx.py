@@ -177,6 +177,8 @@ add_pass_option("--skip-layers", "target_speedup", type=float, metavar="R",
                 help="skip layers spread through the middle of the stack for a predicted speedup R (e.g. 1.3)")
 add_pass_option("--num-skip", "num_skip", type=int, metavar="K", help="skip exactly K layers (instead of --skip-layers R)")
 add_pass_option("--skip-granularity", "skip_granularity", choices=["layer", "ffn"], help="skip whole layers (default) or FFNs")
+add_pass_option("--precision", "precision", choices=["fp32", "bf16", "fp16"],
+                help="GEMM/conv/attention in bf16|fp16 with f32 accumulation, weights stored so (policy: inspect --precision)")
 
 
 def with_pass_flags(args: argparse.Namespace, options: dict) -> Optional[list]:
@@ -269,6 +271,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out("transformer blocks:")
     for line in discover(g).describe():
         out("  " + line)
+    if args.precision:
+        from .passes.precision import precision_report
+        out(precision_report(g, args.precision))
     return 0
 
 
@@ -276,6 +281,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .onnx (or .nnir) model")
     p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="also show this precision policy and what it does to the model")
 
 
 # ---------------------------------------------------------------- verify
@@ -327,7 +333,8 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import compile as nn_compile
     shapes = parse_input_shapes(args.input_shape)
-    cm = nn_compile(args.model, backend=args.backend, opt_level=_opt_level(args), input_shapes=shapes or None)
+    cm = nn_compile(args.model, backend=args.backend, opt_level=_opt_level(args), input_shapes=shapes or None,
+                    **({"precision": args.precision} if args.precision else {}))
     names = [v.name for v in cm.graph.inputs]
     given = {}
     for spec in args.input or ():
@@ -370,3 +377,4 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2, 3], help="optimization level (default 2)")
     p.add_argument("-o", "--output", help="write the outputs to this .npz")
     p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="compute precision policy (default fp32)")

@@ -246,7 +246,8 @@ class Lowering:
             ts = self.lower_node(n)
             for v, t in zip(n.outputs, ts):
                 if self.uses.get(v.id, 0) > 1 and not isinstance(t.expr, (Load, Const)):
-                    t = self.materialize(t)
+                    from .precision import materialize_rounded
+                    t = materialize_rounded(self, t) or self.materialize(t)
                 self.env[v.id] = t
         self.region, self.cur_op = "", "output"
         outputs = self.lower_outputs(outs)

@@ -310,7 +310,8 @@ def _conv(L, n, ins):
     d = tuple(a.get("dilations") or (1,) * nd)
     oshape = tuple(out.shape)
     from .precision import widen_const
-    w = widen_const(L, w) or w   # a bf16 weight (precision="bf16") widened once at compile time, not per run
+    wb = widen_const(L, w)   # a bf16 weight (precision="bf16") widened once at compile time, not per run
+    w = wb or w
     xs, ws = L.contiguous(x), L.contiguous(w)
     N, C = xs.shape[:2]
     ks = tuple(ws.shape[2:])
@@ -330,7 +331,7 @@ def _conv(L, n, ins):
         bt = broadcast(_channel(bias, len(oshape)), oshape)
         epi = mkop("add", out.dtype, Arg(out.dtype, "acc"), bt.expr)
     L.emit(Conv(x=xs.expr.access, w=ws.expr.access, out=oacc, in_shape=tuple(xs.shape), out_shape=oshape, kernel=ks,
-                strides=s, pads=p, dilations=d, group=g, epilogue=epi, col=col, meta={"transpose": tr}))
+                strides=s, pads=p, dilations=d, group=g, epilogue=epi, col=col, meta={"transpose": tr, "bf16_weight": wb is not None}))
     return [Tensor(oshape, Load(out.dtype, oacc))]
 
 

@@ -47,10 +47,21 @@ def policy_table(precision: str = "bf16") -> str:
         return "precision fp32: every op computes in f32"
     low = _LOW_DTYPE[precision]
     rows = [f"precision {precision}: weights of the ops below stored as {low}; everything else f32",
-            f"  {'op':32s} computes in"]
-    rows += [f"  {op:32s} {what.replace('low-precision', low)}" for op, (_, what) in LOW.items()]
-    rows += [f"  {op:32s} {what}" for op, what in KEEP.items()]
+            f"  {'op':62s} computes in"]
+    rows += [f"  {op:62s} {what.replace('low-precision', low)}" for op, (_, what) in LOW.items()]
+    rows += [f"  {op:62s} {what}" for op, what in KEEP.items()]
     return "\n".join(rows)
+
+
+def precision_report(g: Graph, precision: str) -> str:
+    """The policy table plus what it does to `g` (a copy is rewritten; `g` is left alone)."""
+    table = policy_table(precision)
+    if precision == "fp32":
+        return table
+    h = g.clone()
+    s = apply_precision(h, precision)
+    return (f"{table}\n  on this model: {s['ops']} ops take {precision} operands; {s['weights']} weights "
+            f"{s['weight_bytes_before']:,} -> {s['weight_bytes_after']:,} bytes; {s['rounded_activations']} activations rounded")
 
 
 def check_precision(name) -> str:
@@ -75,9 +86,10 @@ def apply_precision(g: Graph, precision: str) -> dict:
     def rounded_of(v: Value, node) -> Value:
         if v.id in rounded:
             return rounded[v.id]
-        if v.is_const and v.data is not None:
-            arr = np.asarray(v.data).astype(low.np)
-            c = g.add_const(v.name + f".{precision}", arr)
+        data = _const_data(v)
+        if data is not None:
+            arr = np.ascontiguousarray(np.asarray(data).astype(low.np))
+            c = g.add_const((v.name or (v.producer.inputs[0].name + ".view")) + f".{precision}", arr)
             up = make_node("cast", [c], {"to": "f32"}, meta=dict(node.meta))
             stats["weights"] += 1
             stats["weight_bytes_before"] += v.type.nbytes
@@ -111,6 +123,27 @@ def apply_precision(g: Graph, precision: str) -> dict:
     del uses
     g.remove_unused_constants()     # f32 weights only gemms read are gone: the model holds half the bytes
     return stats
+
+
+_VIEWS = ("transpose", "reshape", "squeeze", "unsqueeze", "flatten", "identity")
+
+
+def _const_data(v: Value, depth: int = 0) -> Optional[np.ndarray]:
+    """The data of a constant, or of a view chain over one (transpose(W) of a weight tied to an embedding table,
+    left unfolded so the f32 table is not duplicated): the gemm then gets its own bf16 copy."""
+    if v.is_const:
+        return v.data
+    n = v.producer
+    if n is None or n.op not in _VIEWS or n.body is not None or depth > 4 or len(n.inputs) < 1:
+        return None
+    src = _const_data(n.inputs[0], depth + 1)
+    if src is None or any(not (u.is_const and u.data is not None) for u in n.inputs[1:]):
+        return None
+    from ..ir.evaluate import run_node
+    try:
+        return run_node(n, [src] + [u.data for u in n.inputs[1:]], {})[0]
+    except NnfuseError:
+        return None
 
 
 @register_pass("precision", exact=False)
@@ -158,9 +191,21 @@ def gemm_operands_bf16(a, b):
     if not (isinstance(eb, Load) and not eb.indirect and eb.access.buf.kind == "const"):
         return None
     nb = len(b.shape) - 2
-    if any(eb.access.strides[:nb]):          # one weight shared by every batch (x @ W), not a batched operand
+    if any(s for s, d in zip(eb.access.strides[:nb], b.shape[:nb]) if d != 1):   # one weight for all batches (x @ W)
         return None
     return Tensor(a.shape, ea), Tensor(b.shape, eb)
+
+
+def materialize_rounded(L, t):
+    """A bf16-rounded activation read by several gemms is stored once as bf16 (half the bytes) and read back
+    through the widening cast, so each gemm can still take the bf16 buffer directly. None otherwise."""
+    from ..ir.kernel import Load, Op
+    from .lower import Tensor
+    inner = bf16_source(t.expr)
+    if inner is None or isinstance(inner, Load):
+        return None
+    m = L.materialize(Tensor(tuple(t.shape), inner))
+    return Tensor(tuple(t.shape), Op(t.expr.dtype, t.expr.op, (m.expr,), t.expr.attrs))
 
 
 def widen_const(L, t) -> Optional[object]:

@@ -4,11 +4,22 @@ inferred types, verify, evaluate with the reference interpreter, check the resul
 inferred type) and an oracle comparison with per-dtype tolerances."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
+
+# Triton reads TRITON_INTERPRET once it is imported, and torch.export can import it before a triton test module
+# sets it: decide here, before any test module loads (the interpreter unless a CUDA GPU is present).
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:
+        pass
 
 # (rtol, atol) for comparing an op's result with an independent oracle, per result dtype
 TOLERANCES = {"f64": (1e-10, 1e-10), "f32": (1e-5, 1e-5), "f16": (1e-2, 1e-2), "bf16": (2e-2, 2e-2),

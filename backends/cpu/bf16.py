@@ -20,7 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from ...ir.kernel import Access, Buffer, Gemm, Program
+from ...ir.dtypes import dtype as to_dtype
+from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
 
 PANEL = 64
 
@@ -158,12 +159,28 @@ static void nnf_gemm_bf16(int64_t M, int64_t n0, int64_t n1, int64_t K, float al
     }
   }
 }
+/* C[M, N] = A[M, K] @ B (alpha 1), the threads taking 96-row x 128-column tiles (row tiles keep A in L2). */
+static void nnf_gemm_bf16_par(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* Bp,
+                              float* C, int64_t ldc) {
+  const int64_t MB = 96, NB = 128, mt = (M + MB - 1) / MB, nt = (N + NB - 1) / NB;
+  #pragma omp parallel for schedule(dynamic, 1) if(M * N * K >= 65536 && mt * nt > 1)
+  for (int64_t t = 0; t < mt * nt; t++) {
+    int64_t i = t / nt, j = t % nt, m0 = i * MB, m1 = m0 + MB < M ? m0 + MB : M, n0 = j * NB, n1 = n0 + NB < N ? n0 + NB : N;
+    nnf_gemm_bf16(m1 - m0, n0, n1, K, 1.0f, A + m0 * lda, lda, Bp, C + m0 * ldc, ldc);
+  }
+}
+/* Conv scratch (NHWC input, im2col rows, transposed result): grown on demand, kept across calls. */
+static void* nnf_bf16_scratch(int slot, size_t bytes) {
+  static void* buf[3]; static size_t cap[3];
+  if (cap[slot] < bytes) { free(buf[slot]); buf[slot] = aligned_alloc(64, (bytes + 63) / 64 * 64); cap[slot] = bytes; }
+  return buf[slot];
+}
 """
 
 
 def packable(k: Gemm) -> bool:
     """A gemm the bf16 kernel runs: bf16 row-major A, constant bf16 B shared by all rows, f32 row-major output."""
-    if k.batch or not isinstance(k.b, Access):
+    if any(d != 1 for d in k.batch) or not isinstance(k.b, Access):   # batch axes of extent 1 only (index 0)
         return False
     a, b, o = k.a, k.b, k.out
     return (a.buf.dtype.name == "bf16" and b.buf.dtype.name == "bf16" and b.buf.kind == "const"
@@ -181,10 +198,22 @@ def pack_b(w: np.ndarray) -> np.ndarray:
 
 
 def pack_program(p: Program) -> int:
-    """Give every packable bf16 gemm its own packed copy of B (a new const buffer): done once, at compile time."""
+    """Give every packable bf16 gemm / conv its own packed copy of the weight (a new const buffer), at compile time."""
     done: dict[tuple, Buffer] = {}
     n = 0
     for k in p.kernels:
+        if isinstance(k, Conv) and conv_packable(k):
+            src = p.const_data[k.w.buf.index]
+            arr = pack_conv_weight(src.reshape(-1)[k.w.offset:k.w.offset + int(np.prod(k.out_shape[1:2])) * k.in_shape[1]
+                                                   * int(np.prod(k.kernel))].reshape(k.out_shape[1], k.in_shape[1], *k.kernel))
+            nb = Buffer(f"w{len(p.consts)}", to_dtype("bf16"), int(arr.size), "const", len(p.consts),
+                        label=k.w.buf.label + " (bf16 packed)")
+            p.consts.append(nb)
+            p.const_data.append(arr)
+            k.w = Access(nb, 0, (1,))
+            k.meta["bf16_packed"] = True
+            n += 1
+            continue
         if not (isinstance(k, Gemm) and packable(k)):
             continue
         b = k.b
@@ -201,13 +230,14 @@ def pack_program(p: Program) -> int:
             p.consts.append(nb)
             p.const_data.append(arr)
             done[key] = nb
-        k.b = Access(nb, 0, (k.n, 1))   # the C reads it through the packed layout (meta below), not these strides
+        k.b = Access(nb, 0, (0,) * len(k.batch) + (k.n, 1))   # the C reads it through the packed layout (meta below), not these strides
         k.meta["bf16_packed"] = True
         n += 1
     if n:   # the unpacked bf16 weights that no kernel reads any more are dropped from the call
         used = {id(a.buf) for kk in p.kernels for a in kk.reads()}
+        used |= {id(p.consts[j]) for kind, j in p.output_aliases.values() if kind == "const"}
         for i, (b, arr) in enumerate(zip(p.consts, p.const_data)):
-            if id(b) not in used and b.dtype.name == "bf16":
+            if id(b) not in used and b.dtype.name in ("bf16", "f32"):
                 p.const_data[i] = np.zeros(1, arr.dtype)
                 b.numel = 1
     return n
@@ -225,12 +255,79 @@ def emit_gemm(w, k: Gemm, epi: Optional[str]) -> str:
     nch = -(-k.n // chunk)
     epi_loop = (f"for (int64_t _m = 0; _m < {k.m}; _m++) {{ float* restrict _row = _O + _m*{ldo}; "
                 f"for (int64_t _n = _n0; _n < _n1; _n++) {{ float _acc = _row[_n]; _row[_n] = {epi}; }} }}") if epi is not None else ""
-    return (f"  {{\n    float* _O = {w.bn(O.buf)} + {O.offset};\n"
+    bvars = "".join(f"    const int64_t b{j} = 0; (void)b{j};\n" for j in range(len(k.batch)))   # extent-1 batch axes
+    return (f"  {{\n{bvars}    float* _O = {w.bn(O.buf)} + {O.offset};\n"
             f"    #pragma omp parallel for schedule(dynamic, 1) if({1 if work >= 65536 and nch > 1 else 0})\n"
             f"    for (int64_t _ch = 0; _ch < {nch}; _ch++) {{\n"
             f"      int64_t _n0 = _ch * {chunk}, _n1 = _n0 + {chunk} < {k.n} ? _n0 + {chunk} : {k.n};\n"
             f"      nnf_gemm_bf16({k.m}, _n0, _n1, {k.k}, {float(k.alpha)!r}f, {a_ptr}, {lda}, {b_ptr}, _O, {ldo});\n"
             f"      {epi_loop}\n    }}\n  }}\n")
+
+
+def conv_packable(k: Conv) -> bool:
+    """A 2-D, ungrouped, non-transposed conv whose weight the policy rounded to bf16 (widened to f32 by the lowering)."""
+    return (k.meta.get("bf16_weight", False) and not k.meta.get("transpose") and k.group == 1 and len(k.kernel) == 2
+            and k.x.buf.dtype.name == "f32" and k.w.buf.dtype.name == "f32" and k.w.buf.kind == "const"
+            and k.out.buf.dtype.name == "f32" and tuple(k.w.strides[-1:]) in ((1,), ()))
+
+
+def pack_conv_weight(w: np.ndarray) -> np.ndarray:
+    """OIHW f32 (holding bf16 values) -> [KH*KW*C, O] with k = (kh*KW + kw)*C + c, packed for the micro-kernel."""
+    import ml_dtypes
+    O, C, KH, KW = w.shape
+    return pack_b(np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(KH * KW * C, O).astype(ml_dtypes.bfloat16))
+
+
+def emit_conv(w, k: Conv) -> str:
+    """Per image: x -> NHWC bf16 (rounding), im2col rows [OH*OW, KH*KW*C] (skipped for 1x1/stride 1/no pad), one bf16
+    gemm into [OH*OW, O] f32, then a blocked transpose into the NCHW output applying the fused epilogue."""
+    from .codegen import store
+    N, C, H, W_ = k.in_shape
+    _, M, OH, OW = k.out_shape
+    KH, KW = k.kernel
+    SP, K = OH * OW, KH * KW * C
+    X, O = k.x, k.out
+    sxn, sxc = X.strides[0], X.strides[1]
+    son, som = O.strides[0], O.strides[1]
+    x, wp, o = w.bn(X.buf), w.bn(k.w.buf), w.bn(O.buf)
+    s0, s1 = k.strides
+    p0, p1 = k.pads[0], k.pads[1]
+    d0, d1 = k.dilations
+    plain = KH == KW == 1 and s0 == s1 == 1 and not any(k.pads)
+    s = f"  uint16_t* _xh = (uint16_t*)nnf_bf16_scratch(0, {H * W_ * C * 2});\n"
+    s += f"  float* _T = (float*)nnf_bf16_scratch(2, {SP * M * 4});\n"
+    if not plain:
+        s += f"  uint16_t* _col = (uint16_t*)nnf_bf16_scratch(1, {SP * K * 2});\n"
+    s += f"  for (int64_t _n = 0; _n < {N}; _n++) {{\n"
+    s += f"    const float* _x = {x} + {X.offset} + _n*{sxn};\n"
+    s += (f"    #pragma omp parallel for schedule(static) if({H * W_ * C} >= 16384)\n"
+          f"    for (int64_t _h = 0; _h < {H}; _h++) for (int64_t _c = 0; _c < {C}; _c++) {{\n"
+          f"      const float* _src = _x + _c*{sxc} + _h*{W_}; uint16_t* _dst = _xh + _h*{W_ * C} + _c;\n"
+          f"      for (int64_t _w = 0; _w < {W_}; _w++) _dst[_w*{C}] = nnf_f_to_bf16(_src[_w]);\n    }}\n")
+    if plain:
+        s += f"    const uint16_t* _A = _xh;\n"
+    else:
+        s += (f"    #pragma omp parallel for schedule(static) if({SP * K} >= 16384)\n"
+              f"    for (int64_t _oy = 0; _oy < {OH}; _oy++) for (int64_t _ox = 0; _ox < {OW}; _ox++) {{\n"
+              f"      uint16_t* _d = _col + (_oy*{OW} + _ox)*{K};\n"
+              f"      for (int64_t _kh = 0; _kh < {KH}; _kh++) {{ int64_t _iy = _oy*{s0} - {p0} + _kh*{d0};\n"
+              f"        for (int64_t _kw = 0; _kw < {KW}; _kw++) {{ int64_t _ix = _ox*{s1} - {p1} + _kw*{d1};\n"
+              f"          uint16_t* _dd = _d + (_kh*{KW} + _kw)*{C};\n"
+              f"          if (_iy < 0 || _iy >= {H} || _ix < 0 || _ix >= {W_}) memset(_dd, 0, {C * 2});\n"
+              f"          else memcpy(_dd, _xh + (_iy*{W_} + _ix)*{C}, {C * 2}); }} }}\n    }}\n"
+              f"    const uint16_t* _A = _col;\n")
+    s += f"    nnf_gemm_bf16_par({SP}, {M}, {K}, _A, {K}, {wp}, _T, {M});\n"
+    em = w.emitter(["_n", "_m", "_p0", "_p1"], {"acc": "_acc"})
+    val = em.expr(k.epilogue) if k.epilogue is not None else "_acc"
+    ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + _p]"
+    s += (f"    #pragma omp parallel for schedule(static) collapse(2) if({SP * M} >= 16384)\n"
+          f"    for (int64_t _mb = 0; _mb < {M}; _mb += 16) for (int64_t _pb = 0; _pb < {SP}; _pb += 64)\n"
+          f"      for (int64_t _m = _mb; _m < _mb + 16 && _m < {M}; _m++)\n"
+          f"        for (int64_t _p = _pb; _p < _pb + 64 && _p < {SP}; _p++) {{\n"
+          f"          int64_t _p0 = _p / {OW}, _p1 = _p % {OW}; (void)_p0; (void)_p1;\n"
+          f"          float _acc = _T[_p*{M} + _m]; {store(w.bn, O.buf, ref, val)} }}\n")
+    s += "  }\n"
+    return s
 
 
 def cpu_bf16_features() -> dict:

@@ -40,13 +40,81 @@ PRELUDE = r"""#include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 typedef void (*nnf_sgemm_t)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 typedef void (*nnf_dgemm_t)(int, int, int, int, int, int, double, const double*, int, const double*, int, double, double*, int);
 static nnf_sgemm_t nnf_sgemm = 0;
 static nnf_dgemm_t nnf_dgemm = 0;
 void nnf_set_blas(void* s, void* d) { nnf_sgemm = (nnf_sgemm_t)s; nnf_dgemm = (nnf_dgemm_t)d; }
-void nnf_set_threads(int n) { if (n > 0) omp_set_num_threads(n); }
+/* Our own small pool for the hot loops. Unlike an OpenMP team, the caller never waits for a worker that has not
+   shown up: work is handed out in chunks from an atomic counter and the caller only waits for chunks that were
+   claimed. On a shared machine (other processes on the cores) a descheduled worker then costs nothing. */
+typedef void (*nnf_body_t)(void*, int64_t, int64_t);
+static struct {
+  _Atomic long gen; _Atomic int active; _Atomic int64_t next; _Atomic int64_t done; _Atomic int sleepers;
+  nnf_body_t fn; void* ctx; int64_t total, chunk;
+  int nw, started;
+  pthread_mutex_t mu; pthread_cond_t cv;
+} nnf_pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+static inline void nnf_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+static void nnf_pool_run(void) {
+  for (;;) {
+    int64_t c = atomic_fetch_add(&nnf_pool.next, 1), lo = c * nnf_pool.chunk;
+    if (lo >= nnf_pool.total) break;
+    int64_t hi = lo + nnf_pool.chunk < nnf_pool.total ? lo + nnf_pool.chunk : nnf_pool.total;
+    nnf_pool.fn(nnf_pool.ctx, lo, hi);
+    atomic_fetch_add(&nnf_pool.done, hi - lo);
+  }
+}
+static void* nnf_worker(void* arg) {
+  int id = (int)(intptr_t)arg;
+  long seen = atomic_load(&nnf_pool.gen);
+  for (;;) {
+    long g; int spins = 0;
+    while ((g = atomic_load(&nnf_pool.gen)) == seen || (g & 1)) {   /* odd: the caller is setting a job up */
+      if (++spins < 20000) { nnf_relax(); continue; }
+      pthread_mutex_lock(&nnf_pool.mu);
+      atomic_fetch_add(&nnf_pool.sleepers, 1);
+      while (atomic_load(&nnf_pool.gen) == seen) pthread_cond_wait(&nnf_pool.cv, &nnf_pool.mu);
+      atomic_fetch_sub(&nnf_pool.sleepers, 1);
+      pthread_mutex_unlock(&nnf_pool.mu);
+      spins = 0;
+    }
+    seen = g;
+    if (id >= nnf_pool.nw) continue;
+    atomic_fetch_add(&nnf_pool.active, 1);
+    if (atomic_load(&nnf_pool.gen) == g) nnf_pool_run();
+    atomic_fetch_sub(&nnf_pool.active, 1);
+  }
+  return 0;
+}
+static void nnf_parallel(nnf_body_t fn, void* ctx, int64_t total, int64_t chunk) {
+  if (chunk < 1) chunk = 1;
+  if (nnf_pool.nw <= 0 || total <= chunk) { fn(ctx, 0, total); return; }
+  atomic_fetch_add(&nnf_pool.gen, 1);                       /* odd: closed to new joiners */
+  while (atomic_load(&nnf_pool.active) != 0) nnf_relax();   /* stragglers of the previous job leave */
+  nnf_pool.fn = fn; nnf_pool.ctx = ctx; nnf_pool.total = total; nnf_pool.chunk = chunk;
+  atomic_store(&nnf_pool.next, 0); atomic_store(&nnf_pool.done, 0);
+  atomic_fetch_add(&nnf_pool.gen, 1);                       /* even: published */
+  if (atomic_load(&nnf_pool.sleepers)) { pthread_mutex_lock(&nnf_pool.mu); pthread_cond_broadcast(&nnf_pool.cv); pthread_mutex_unlock(&nnf_pool.mu); }
+  nnf_pool_run();
+  while (atomic_load(&nnf_pool.done) < total) nnf_relax();
+}
+void nnf_set_threads(int n) {
+  if (n <= 0) return;
+  omp_set_num_threads(n);
+  for (; nnf_pool.started < n - 1 && nnf_pool.started < 63; nnf_pool.started++) {
+    pthread_t t; pthread_attr_t at; pthread_attr_init(&at); pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, nnf_worker, (void*)(intptr_t)nnf_pool.started) != 0) break;
+  }
+  nnf_pool.nw = n - 1 < nnf_pool.started ? n - 1 : nnf_pool.started;
+}
 int nnf_abi(void) { return %(abi)d; }
 
 typedef union { float f; int32_t i; uint32_t u; } nnf_fi;
@@ -191,14 +259,17 @@ static void NAME(int ta, int tb, int64_t M, int64_t N, int64_t K, double alpha, 
 }
 NNF_GEMM1(nnf_gemm1_f32, float, nnf_sgemm)
 NNF_GEMM1(nnf_gemm1_f64, double, nnf_dgemm)
-/* C = op(A) @ B, the threads splitting N (f32; used by conv). */
+/* C = op(A) @ B, pool tasks splitting N in 64-column chunks (f32; used by conv). */
+struct nnf_g32 { int ta; int64_t M, N, K, lda, ldb, ldc; const float* A; const float* B; float* C; };
+static void nnf_gemm_f32_body(void* v, int64_t lo, int64_t hi) {
+  struct nnf_g32* g = (struct nnf_g32*)v;
+  int64_t n0 = lo * 64, n1 = hi * 64 < g->N ? hi * 64 : g->N;
+  nnf_gemm1_f32(g->ta ? 112 : 111, 111, g->M, n1 - n0, g->K, 1.0, g->A, g->lda, g->B + n0, g->ldb, g->C + n0, g->ldc);
+}
 static void nnf_gemm_f32(int ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
-  #pragma omp parallel if(M * N * K >= 65536)
-  {
-    int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-    int64_t blk = ((N + nt - 1) / nt + 15) / 16 * 16, n0 = t * blk, n1 = n0 + blk < N ? n0 + blk : N;
-    if (n0 < n1) nnf_gemm1_f32(ta ? 112 : 111, 111, M, n1 - n0, K, 1.0, A, lda, B + n0, ldb, C + n0, ldc);
-  }
+  struct nnf_g32 g = {ta, M, N, K, lda, ldb, ldc, A, B, C};
+  int64_t chunks = (N + 63) / 64;
+  nnf_parallel(nnf_gemm_f32_body, &g, chunks, M * N * K >= 65536 ? (chunks + 7) / 8 : chunks);
 }
 static inline int64_t nnf_powi(int64_t a, int64_t b) { int64_t r = 1; if (b < 0) return a == 1 ? 1 : 0; while (b--) r *= a; return r; }
 """
@@ -390,6 +461,7 @@ class KernelWriter:
         self.bufs = k.buffers()
         self.pname = {id(b): f"p{j}" for j, b in enumerate(self.bufs)}
         self.written = {id(a.buf) for a in k.writes()}
+        self.helpers: list[str] = []
 
     def signature(self) -> str:
         ps = []
@@ -401,6 +473,23 @@ class KernelWriter:
     def bn(self, b: Buffer) -> str:
         return self.pname[id(b)]
 
+    def parallel(self, total, chunk: int, body: str, extras: tuple = ()) -> str:
+        """Outline `body` (a loop over [_lo, _hi)) into a helper run by nnf_parallel; returns the call."""
+        k = self.k
+        if not self.helpers:
+            fields = " ".join(f"void* {self.pname[id(b)]};" for b in self.bufs)
+            self.helpers.append(f"struct {k.name}__ctx {{ {fields} int64_t x[8]; }};\n")
+        name = f"{k.name}__b{len(self.helpers)}"
+        unpack = "".join(f"  {'' if id(b) in self.written else 'const '}{ctype(b.dtype)}* restrict {self.pname[id(b)]} = "
+                         f"({ctype(b.dtype)}*)_c->{self.pname[id(b)]};\n" for b in self.bufs)
+        unpack += "".join(f"  int64_t {x} = _c->x[{j}];\n" for j, x in enumerate(extras))
+        self.helpers.append(f"static void {name}(void* _v, int64_t _lo, int64_t _hi) {{\n"
+                            f"  struct {k.name}__ctx* _c = (struct {k.name}__ctx*)_v;\n{unpack}{body}}}\n")
+        init = ", ".join(f"(void*){self.pname[id(b)]}" for b in self.bufs)
+        xs = "{" + ", ".join(extras) + "}" if extras else "{0}"
+        return (f"  {{ struct {k.name}__ctx _ctx = {{ {init}{', ' if init else ''}{xs} }}; "
+                f"nnf_parallel({name}, &_ctx, {total}, {max(1, chunk)}); }}\n")
+
     def emitter(self, names: list[str], args: dict | None = None) -> CEmitter:
         return CEmitter(self.bn, lambda k: names[k], args or {})
 
@@ -409,11 +498,20 @@ class KernelWriter:
         body = {Pointwise: self.pointwise, Reduce: self.reduce, RowNorm: self.rownorm, Gemm: self.gemm, Conv: self.conv}.get(type(k))
         if body is None:
             raise CodegenError(f"kernel kind {k.kind} is not supported by the cpu backend yet")
-        return f"{self.signature()} {{\n{body()}}}\n"
+        main = f"{self.signature()} {{\n{body()}}}\n"
+        return "".join(self.helpers) + main
 
     def loops(self, dims, names, inner: str, par_axis, indent="  ", collapse_ok=True) -> str:
         if not dims:
             return f"{indent}{{ {inner} }}\n"
+        if par_axis == 0:
+            flat = collapse_ok and len(dims) >= 3 and dims[0] < 8
+            ext = dims[0] * dims[1] if flat else dims[0]
+            rest = self.loops(dims[2:] if flat else dims[1:], names[2:] if flat else names[1:], inner, None, "    ")
+            head = (f"    int64_t {names[0]} = _f / {dims[1]}, {names[1]} = _f % {dims[1]};\n" if flat
+                    else f"    int64_t {names[0]} = _f;\n")
+            body = f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n{head}{rest}  }}\n"
+            return self.parallel(ext, max(1, ext // 16), body)
         out = ""
         for ax, (d, nm) in enumerate(zip(dims, names)):
             pad = indent + "  " * ax
@@ -582,46 +680,50 @@ class KernelWriter:
             if epi is not None else (lambda *a: "")
         out = ""
         if nb and nbatch >= 2 and work >= 32768:
-            col = f" collapse({nb})" if nb > 1 else ""
-            out += f"  #pragma omp parallel for schedule(static){col}\n"
+            # one task per batch (attention heads): decompose the flat batch index
+            dec, rem = "", nbatch
             for j, d in enumerate(k.batch):
-                out += f"  {'  ' * j}for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
-            out += (f"  {{\n    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+                rem //= d
+                dec += f"    int64_t {bn_[j]} = (_f / {rem}) % {d};\n"
+            body = (f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n{dec}"
+                    f"    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
                     f"    {fn}({ta}, {tb}, {k.m}, {k.n}, {k.k}, {k.alpha!r}, {a_ptr}, {lda}, {b_ptr}, {ldb}, _O, {ldo});\n"
                     f"    {epi_loop(0, k.m, 0, k.n)}\n  }}\n")
-            return out
-        for j, d in enumerate(k.batch):
-            out += f"  for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
+            return self.parallel(nbatch, 1, body)
         split_n = k.n >= 128 or k.n >= k.m
         par = work >= 65536
-        # many small chunks handed out dynamically: a thread that gets descheduled (busy machine) does not hold up
-        # the others at the barrier; chunks of >= 64 columns keep the micro-kernel on full panels
-        out += f"  {{\n    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+        # chunks of >= 64 columns (full micro-kernel panels) or 6 rows, handed out from the pool's counter;
+        # the epilogue runs on each chunk right after it is computed, while it is in cache
         if split_n:
             chunk = max(64, -(-k.n // 8) // 64 * 64)
             nch = -(-k.n // chunk)
-            out += (f"    #pragma omp parallel for schedule(dynamic, 1) if({1 if par and nch > 1 else 0})\n"
-                    f"    for (int64_t _ch = 0; _ch < {nch}; _ch++) {{\n"
-                    f"      int64_t _n0 = _ch * {chunk}, _n1 = _n0 + {chunk} < {k.n} ? _n0 + {chunk} : {k.n};\n"
-                    f"      {fn}({ta}, {tb}, {k.m}, _n1 - _n0, {k.k}, {k.alpha!r}, {a_ptr}, {lda}, "
+            body = (f"  for (int64_t _ch = _lo; _ch < _hi; _ch++) {{\n"
+                    f"    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+                    f"    int64_t _n0 = _ch * {chunk}, _n1 = _n0 + {chunk} < {k.n} ? _n0 + {chunk} : {k.n};\n"
+                    f"    {fn}({ta}, {tb}, {k.m}, _n1 - _n0, {k.k}, {k.alpha!r}, {a_ptr}, {lda}, "
                     f"{b_ptr} + _n0*{ldb if tb == 112 else 1}, {ldb}, _O + _n0, {ldo});\n"
-                    f"      {epi_loop(0, k.m, '_n0', '_n1')}\n    }}\n")
+                    f"    {epi_loop(0, k.m, '_n0', '_n1')}\n  }}\n")
         else:
             chunk = max(6, -(-k.m // 8) // 6 * 6)
             nch = -(-k.m // chunk)
-            out += (f"    #pragma omp parallel for schedule(dynamic, 1) if({1 if par and nch > 1 else 0})\n"
-                    f"    for (int64_t _ch = 0; _ch < {nch}; _ch++) {{\n"
-                    f"      int64_t _m0 = _ch * {chunk}, _m1 = _m0 + {chunk} < {k.m} ? _m0 + {chunk} : {k.m};\n"
-                    f"      {fn}({ta}, {tb}, _m1 - _m0, {k.n}, {k.k}, {k.alpha!r}, {a_ptr} + _m0*{lda if ta == 111 else 1}, {lda}, "
+            body = (f"  for (int64_t _ch = _lo; _ch < _hi; _ch++) {{\n"
+                    f"    {c}* _O = {self.bn(O.buf)} + {base(O)};\n"
+                    f"    int64_t _m0 = _ch * {chunk}, _m1 = _m0 + {chunk} < {k.m} ? _m0 + {chunk} : {k.m};\n"
+                    f"    {fn}({ta}, {tb}, _m1 - _m0, {k.n}, {k.k}, {k.alpha!r}, {a_ptr} + _m0*{lda if ta == 111 else 1}, {lda}, "
                     f"{b_ptr}, {ldb}, _O + _m0*{ldo}, {ldo});\n"
-                    f"      {epi_loop('_m0', '_m1', 0, k.n)}\n    }}\n")
-        out += "  }\n"
-        return out
+                    f"    {epi_loop('_m0', '_m1', 0, k.n)}\n  }}\n")
+        call = self.parallel(nch, 1 if par else nch, body, tuple(bn_))
+        for j, d in enumerate(k.batch):
+            out += f"  for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
+        return out + "  " + call.lstrip()
 
     def conv(self) -> str:
         """Per (image, group): im2col into the arena scratch (skipped for 1x1/stride 1), then one gemm; epilogue after.
         conv_transpose: one gemm into the scratch (W^T x), then col2im scatter-add into the zeroed output."""
         k: Conv = self.k
+        if k.meta.get("bf16_packed"):   # bf16 conv: NHWC bf16 im2col x packed bf16 weight (backends/cpu/bf16.py)
+            from .bf16 import emit_conv
+            return emit_conv(self, k)
         if comp(k.out.buf.dtype) != "float" or ctype(k.x.buf.dtype) != "float" or ctype(k.w.buf.dtype) != "float":
             raise CodegenError("conv is supported for f32 only on the cpu backend")
         nd = len(k.kernel)
@@ -681,10 +783,15 @@ class KernelWriter:
                 s += f"    const float* _B = _x; int64_t _ldb = {sxc};\n"
             else:
                 sm = small[-1]
-                s += taps(Cg, f"const float* _xr = _x + _c*{sxc} + _b0; for (int64_t _o = 0; _o < _lo; _o++) _dr[_o] = 0.0f; "
-                              f"for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xr[_o*{k.strides[-1]} + _sh]; "
-                              f"for (int64_t _o = _hi; _o < {sm}; _o++) _dr[_o] = 0.0f;",
-                          f"for (int64_t _o = 0; _o < {sm}; _o++) _dr[_o] = 0.0f;", f"for (int64_t _r = 0; _r < {Cg * KK}; _r++)")
+                t = taps(Cg, f"const float* _xr = _x + _c*{sxc} + _b0; for (int64_t _o = 0; _o < _lo; _o++) _dr[_o] = 0.0f; "
+                             f"for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xr[_o*{k.strides[-1]} + _sh]; "
+                             f"for (int64_t _o = _hi; _o < {sm}; _o++) _dr[_o] = 0.0f;",
+                         f"for (int64_t _o = 0; _o < {sm}; _o++) _dr[_o] = 0.0f;", f"for (int64_t _r = 0; _r < {Cg * KK}; _r++)")
+                # on the pool: the task range is [_lo, _hi) over rows _r (inner _lo/_hi shadow it inside the row)
+                inner = t.split("\n", 2)[2].rsplit("    }\n", 1)[0]
+                body = (f"  for (int64_t _r = _lo; _r < _hi; _r++) {{\n"
+                        f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n{inner}  }}\n")
+                s += "  " + self.parallel(Cg * KK, max(1, Cg * KK // 16), body, ("_n", "_g")).lstrip()
                 s += f"    const float* _B = {self.bn(k.col.buf)} + {k.col.offset}; int64_t _ldb = {SP};\n"
             s += f"    nnf_gemm_f32(0, {Mg}, {SP}, {Cg * KK}, {w} + {Wt.offset} + _g*{Mg * Cg * KK}, {Cg * KK}, _B, _ldb, _O, {som});\n  }}\n"
         else:
@@ -703,9 +810,9 @@ class KernelWriter:
             opos = " + ".join(f"_p{j}*{math.prod(osp[j + 1:])}" for j in range(nd))
             ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + {opos}]"
             loops = " ".join(f"for (int64_t _p{j} = 0; _p{j} < {osp[j]}; _p{j}++)" for j in range(nd))
-            s += (f"  #pragma omp parallel for schedule(static) collapse(2)\n"
-                  f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _m = 0; _m < {M}; _m++)\n"
-                  f"    {loops} {{ float _acc = {ref}; {ref} = {em.expr(k.epilogue)}; }}\n")
+            body = (f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n    int64_t _n = _f / {M}, _m = _f % {M};\n"
+                    f"    {loops} {{ float _acc = {ref}; {ref} = {em.expr(k.epilogue)}; }}\n  }}\n")
+            s += self.parallel(N * M, max(1, N * M // 16), body)
         return s
 
     def _loop_gemm(self, k: Gemm, c: str, base, optr: str, simd: bool, direct_epi=None, oref=None) -> str:
@@ -771,7 +878,7 @@ def generate(p: Program, profile: bool = False) -> str:
     for k in p.kernels:
         w = KernelWriter(k)
         text = w.write()
-        body = text.replace(f"static void {k.name}(", "static void @(", 1)
+        body = text.replace(f"{k.name}(", "@(").replace(f"{k.name}__", "@__")
         fn = seen.get(body)
         if fn is None:
             fn = seen[body] = k.name

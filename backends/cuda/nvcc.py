@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 from ...ir.errors import NnfuseError
+from .. import cache_dir as shared_cache_dir
 
 
 class CudaBuildError(NnfuseError):
@@ -59,10 +60,7 @@ def flags_for(archs: Sequence[str]) -> list[str]:
 
 
 def cache_dir() -> str:
-    base = os.environ.get("NNFUSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nnfuse")
-    d = os.path.join(base, "cuda")
-    os.makedirs(d, exist_ok=True)
-    return d
+    return shared_cache_dir("cuda")
 
 
 def build(source: str, archs: Sequence[str]) -> tuple[str, bool, float]:

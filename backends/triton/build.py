@@ -13,6 +13,7 @@ import tempfile
 from types import ModuleType
 
 from ...ir.errors import NnfuseError
+from .. import cache_dir as shared_cache_dir
 
 
 class TritonBuildError(NnfuseError):
@@ -20,10 +21,7 @@ class TritonBuildError(NnfuseError):
 
 
 def cache_dir() -> str:
-    base = os.environ.get("NNFUSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nnfuse")
-    d = os.path.join(base, "triton")
-    os.makedirs(d, exist_ok=True)
-    return d
+    return shared_cache_dir("triton")
 
 
 def write_source(source: str) -> tuple[str, str, bool]:

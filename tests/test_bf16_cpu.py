@@ -1,0 +1,152 @@
+"""bf16 kernels of the cpu backend (backends/cpu/bf16.py) against the reference backend, and path agreement."""
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+
+import nnfuse
+from nnfuse.backends.cpu import CpuExecutable, bf16 as cbf16, build
+from nnfuse.ir import Builder, evaluate
+
+rng = np.random.default_rng(1)
+
+
+def linear_graph(m, k, n, batch=(), act="gelu"):
+    b = Builder("lin")
+    x = b.input("x", list(batch) + [m, k])
+    w = b.const((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    bias = b.const(rng.standard_normal(n).astype(np.float32), "bias")
+    h = b.op(act, b.op("add", b.op("matmul", x, w), bias))
+    w2 = b.const((rng.standard_normal((n, k)) / np.sqrt(n)).astype(np.float32), "w2")
+    return b.output(b.op("add", b.op("matmul", h, w2), x))   # residual epilogue, f32
+
+
+def relerr(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("m,k,n,batch", [(1, 64, 64, ()), (7, 33, 100, ()), (13, 130, 200, ()), (5, 256, 384, (2,)),
+                                         (32, 300, 129, (1,))])
+def test_bf16_gemm_matches_reference(m, k, n, batch):
+    g = linear_graph(m, k, n, batch)
+    x = rng.standard_normal(tuple(batch) + (m, k)).astype(np.float32)
+    f32 = evaluate(g, [x])[0]
+    ref16 = nnfuse.compile(g, [x], backend="reference", precision="bf16")
+    cpu16 = nnfuse.compile(g, [x], backend="cpu", precision="bf16")
+    assert sum(bool(kk.meta.get("bf16_packed")) for kk in cpu16.program.kernels) == 2   # both gemms on the bf16 kernel
+    got = cpu16(x)
+    # same policy, same rounding points: only the f32 summation order differs from the reference backend
+    np.testing.assert_allclose(got, ref16(x), rtol=2e-3, atol=2e-3 * np.abs(f32).max())
+    assert relerr(got, f32) < 2e-2
+    st = cpu16.stats()
+    assert st["bf16_path"] in ("amx-bf16", "avx512bf16", "widening")
+    assert st["accuracy"]["max_rel_err"] < 2e-2 and st["accuracy"]["cosine"] > 0.999
+
+
+def test_conv_and_attention_take_the_policy():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(s):
+            super().__init__()
+            s.c = torch.nn.Conv2d(3, 8, 3, padding=1)
+            s.c2 = torch.nn.Conv2d(8, 70, 3, stride=2, padding=1, bias=False)   # strided, 70 channels: a ragged panel
+            s.c3 = torch.nn.Conv2d(70, 8, 1)                                     # 1x1: no im2col
+            s.att = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            s.fc = torch.nn.Linear(16, 10)
+
+        def forward(s, x):
+            h = torch.relu(s.c(x))
+            h = (h[:, :, ::2, ::2] + s.c3(torch.relu(s.c2(h)))).flatten(2)   # [1, 8, 16]
+            a, _ = s.att(h, h, h, need_weights=False)
+            return s.fc(a + h)
+    m = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want = m(x).numpy()
+    cm = nnfuse.compile(m, (x,), backend="cpu", precision="bf16")
+    got = np.asarray(cm(x))
+    convs = [k for k in cm.program.kernels if k.kind == "conv"]
+    assert len(convs) == 3 and all(k.meta.get("bf16_packed") for k in convs)   # all on the bf16 conv path
+    assert 0 < relerr(got, want) < 2e-2
+    ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
+    np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+def _variant(exe, define: str) -> CpuExecutable:
+    src = f"#define {define} 1\n" + exe.source()
+    path, hit, secs = build(src)
+    return CpuExecutable(exe.program, src, path, hit, secs, exe.threads)
+
+
+def _lin_exe():
+    g = linear_graph(11, 70, 150)
+    x = rng.standard_normal((11, 70)).astype(np.float32)
+    return nnfuse.compile(g, [x], backend="cpu", precision="bf16", threads=2), x
+
+
+def test_avx512bf16_and_widening_paths_agree():
+    cm, x = _lin_exe()
+    if not cbf16.cpu_bf16_features().get("avx512_bf16"):
+        pytest.skip("this CPU has no AVX512_BF16: only the widening path can run here")
+    assert cm.stats()["bf16_path"] in ("avx512bf16", "amx-bf16")
+    wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
+    assert cbf16.report_path.__name__ and _path(wide) == "widening"
+    a, b = cm.executable([x])[0], wide([x])[0]
+    # both compute exact bf16 products summed in f32: only the order of the f32 sums differs
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+def test_amx_path_agrees_or_is_skipped():
+    cm, x = _lin_exe()
+    if not cbf16.cpu_bf16_features().get("amx_bf16"):
+        pytest.skip("this CPU has no AMX-BF16 (the AMX path is compile-tested in test_amx_path_compiles)")
+    assert cm.stats()["bf16_path"] == "amx-bf16"
+    other = _variant(cm.executable, "NNF_NO_AMX")
+    a, b = cm.executable([x])[0], other([x])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+def test_amx_path_compiles(tmp_path):
+    cc = shutil.which("gcc")
+    cm, _ = _lin_exe()
+    if cc is None or subprocess.run([cc, "-mamx-bf16", "-E", "-x", "c", "/dev/null"], capture_output=True).returncode:
+        pytest.skip("no gcc with AMX support to compile-test the AMX path")
+    src = tmp_path / "k.c"
+    src.write_text(cm.source())
+    r = subprocess.run([cc, "-march=sapphirerapids", "-dM", "-E", "-x", "c", "/dev/null"], capture_output=True, text=True)
+    assert "__AMX_BF16__" in r.stdout   # so the source below really compiles the AMX path
+    r = subprocess.run([cc, "-O1", "-march=sapphirerapids", "-fopenmp", "-fPIC", "-c", str(src), "-o", str(tmp_path / "k.o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert b"amx-bf16" in (tmp_path / "k.o").read_bytes()   # nnf_bf16_path() reports the AMX path was compiled in
+
+
+def _path(exe) -> str:
+    import ctypes
+    f = exe.lib.nnf_bf16_path
+    f.restype = ctypes.c_char_p
+    return f().decode()
+
+
+def test_emulated_path_warns_once_naming_the_instruction_set(monkeypatch):
+    cm, x = _lin_exe()
+    wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
+    monkeypatch.setattr(cbf16, "_warned", False)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert cbf16.report_path(wide.lib, cm.program) == "widening"
+        assert cbf16.report_path(wide.lib, cm.program) == "widening"
+    msgs = [str(m.message) for m in w if issubclass(m.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "AVX512_BF16" in msgs[0] and "emulated" in msgs[0]
+
+
+def test_packed_layout_roundtrip():
+    import ml_dtypes
+    w = rng.standard_normal((5, 70)).astype(ml_dtypes.bfloat16)
+    p = cbf16.pack_b(w).reshape(2, 3, 64, 2)   # panels, k pairs, columns, (even k, odd k)
+    assert p[0, 1, 3, 0] == w[2, 3] and p[0, 1, 3, 1] == w[3, 3] and p[1, 2, 5, 0] == w[4, 69]
+    assert float(p[1, 2, 5, 1]) == 0.0 and float(p[1, 0, 10, 0]) == 0.0   # zero padding (odd K, N to 64)
