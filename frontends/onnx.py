@@ -8,6 +8,8 @@ Shapes that hold symbolic dims fold too: they are object arrays of ints and dim 
 """
 from __future__ import annotations
 
+import ast
+
 import os
 import re
 from typing import Any, Optional, Sequence, Union
@@ -27,6 +29,21 @@ ONNX_DTYPES = {1: "f32", 2: "u8", 3: "i8", 5: "i16", 6: "i32", 7: "i64", 9: "boo
 ONNX_DTYPE_NAMES = {0: "undefined", 4: "uint16", 8: "string", 12: "uint32", 13: "uint64", 14: "complex64",
                     15: "complex128", 18: "float8e4m3fnuz", 20: "float8e5m2fnuz"}
 
+
+
+def module_path(n) -> str:
+    """The torch module path the dynamo exporter recorded for a node ('model.layers.3.mlp'), or ''.
+
+    `pkg.torch.onnx.name_scopes` is a Python list literal ending in [..., module path, fx node name]."""
+    for p in n.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return ""
+            if isinstance(scopes, list) and len(scopes) >= 2 and all(isinstance(x, str) for x in scopes):
+                return scopes[-2]
+    return ""
 
 class OnnxImportError(NnfuseError):
     pass
@@ -152,7 +169,7 @@ class Importer:
             raise OnnxImportError(f"{self.where}: {len(kinds)} unsupported ONNX op type(s): {listing}")
         for n in order:
             self.node = n
-            self.meta = {"loc": n.name or n.op_type, "onnx_op": n.op_type}
+            self.meta = {"loc": module_path(n) or n.name or n.op_type, "onnx_name": n.name, "onnx_op": n.op_type}
             try:
                 outs = HANDLERS[(n.domain if n.domain != "ai.onnx" else "", n.op_type)](self, n)
             except OnnxImportError:

@@ -111,3 +111,18 @@ def test_torchscript_dynamic_axes_export_folds_shape_subgraphs(tmp_path):
         want = ort_run(p, {"x": x})
         assert_close(evaluate(g, [x]), want, rtol=1e-4, atol=1e-5)
         assert_close(ort_run(m2, {"x": x}), want, rtol=1e-4, atol=1e-5)
+
+
+def test_dynamo_export_module_paths_become_loc(tmp_path):
+    """The dynamo exporter records torch module paths; they become node locs, as from the torch frontend."""
+    import contextlib, io  # noqa: E401
+    import torch
+    import transformers as T
+    from nnfuse.frontends.onnx import load
+    m = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, vocab_size=50, use_cache=False)).eval()
+    p = str(tmp_path / "l.onnx")
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(m, (torch.randint(0, 50, (1, 4)),), p, dynamo=True)
+    locs = {n.meta["loc"] for n in load(p).nodes}
+    assert {"model.layers.1.mlp.down_proj", "model.layers.0.self_attn.q_proj", "lm_head"} <= locs
