@@ -872,3 +872,4 @@ def lower(graph: Graph) -> Program:
 
 
 from . import lower_nn  # noqa: E402,F401  (registers the CNN/misc lowerings)
+from . import lower_quant  # noqa: E402,F401  (quantized gemm lowerings, issue 10)

@@ -52,15 +52,15 @@ def test_conv_and_attention_take_the_policy():
     class Net(torch.nn.Module):
         def __init__(s):
             super().__init__()
-            s.c = torch.nn.Conv2d(3, 8, 3, padding=1)
-            s.c2 = torch.nn.Conv2d(8, 70, 3, stride=2, padding=1, bias=False)   # strided, 70 channels: a ragged panel
-            s.c3 = torch.nn.Conv2d(70, 8, 1)                                     # 1x1: no im2col
+            s.c = torch.nn.Conv2d(3, 16, 3, padding=1)                           # RGB stem: W @ im2col
+            s.c2 = torch.nn.Conv2d(16, 64, 3, stride=2, padding=1, bias=False)  # strided, padded: NHWC im2col rows
+            s.c3 = torch.nn.Conv2d(64, 16, 1)                                    # 1x1: the NHWC copy is the operand
             s.att = torch.nn.MultiheadAttention(16, 2, batch_first=True)
             s.fc = torch.nn.Linear(16, 10)
 
         def forward(s, x):
             h = torch.relu(s.c(x))
-            h = (h[:, :, ::2, ::2] + s.c3(torch.relu(s.c2(h)))).flatten(2)   # [1, 8, 16]
+            h = (h[:, :, ::2, ::2] + s.c3(torch.relu(s.c2(h)))).flatten(2)   # [1, 16, 16]
             a, _ = s.att(h, h, h, need_weights=False)
             return s.fc(a + h)
     m = Net().eval()
@@ -71,6 +71,7 @@ def test_conv_and_attention_take_the_policy():
     got = np.asarray(cm(x))
     convs = [k for k in cm.program.kernels if k.kind == "conv"]
     assert len(convs) == 3 and all(k.meta.get("bf16_packed") for k in convs)   # all on the bf16 conv path
+    assert sorted(k.meta["bf16_rows_are_positions"] for k in convs) == [False, True, True]   # both orientations
     assert 0 < relerr(got, want) < 2e-2
     ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
     np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=2e-3, atol=2e-3 * np.abs(want).max())

@@ -632,6 +632,9 @@ class KernelWriter:
         bn_ = [f"b{j}" for j in range(nb)]
         dt = k.out.buf.dtype
         c = comp(dt)
+        if k.meta.get("quant"):   # int8 / weight-only int4, int8 kernels (backends/cpu/quant_kernels.py, issue 10)
+            from .quant_kernels import emit_gemm as emit_qgemm
+            return emit_qgemm(self, k)
         if not isinstance(k.b, Access):
             raise CodegenError("quantized gemm operands are not supported on the cpu backend yet")
         A, B, O = k.a, k.b, k.out
@@ -873,6 +876,9 @@ def generate(p: Program, profile: bool = False) -> str:
     if any(k.meta.get("bf16_packed") for k in p.kernels):
         from .bf16 import C_SOURCE
         parts.append(C_SOURCE)
+    if any(k.meta.get("quant") for k in p.kernels):
+        from .quant_kernels import C_SOURCE as QUANT_C
+        parts.append(QUANT_C)
     seen: dict[str, str] = {}
     calls = []
     for k in p.kernels:

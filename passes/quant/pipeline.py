@@ -10,7 +10,9 @@ QUANT_PASSES = ("rotate-hadamard", "reorder-channels", "quantize-weights", "quan
                 "decompose-quant")
 # Backends that run the quantization ops themselves. Any other backend gets `decompose-quant` (same numbers in
 # primitive ops, weights dequantized at compile time) until its lowering of the quant ops exists.
-NATIVE_QUANT_BACKENDS = {"reference", "onnx"}
+NATIVE_QUANT_BACKENDS = {"reference", "onnx", "cpu"}
+# Native backends whose kernels take only some forms: this pass keeps those and decomposes the rest.
+PREPARE_PASS = {"cpu": "prepare-quant-cpu"}
 
 
 def add_quant_passes(names: Sequence[str], options: dict) -> list[str]:
@@ -28,8 +30,13 @@ def add_quant_passes(names: Sequence[str], options: dict) -> list[str]:
     if q:
         mine.append(parse_config(q, options).pass_name)
     at = next((i for i, n in enumerate(names) if n.startswith("fuse-")), len(names))
-    if options.get("backend", "reference") not in NATIVE_QUANT_BACKENDS:
+    backend = options.get("backend", "reference")
+    if backend not in NATIVE_QUANT_BACKENDS:
         mine.append("decompose-quant")
-    elif q and at < len(names):
+        return names[:at] + mine + names[at:]
+    if backend in PREPARE_PASS:
+        from .. import lower_quant     # noqa: F401  (registers prepare-quant-cpu)
+        mine.append(PREPARE_PASS[backend])
+    if q and at < len(names):
         mine.append("fuse-qdq")
     return names[:at] + mine + names[at:]

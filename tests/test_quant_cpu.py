@@ -1,0 +1,162 @@
+"""Quantized kernels of the cpu backend (issue 10): the C kernels alone (ctypes, both the SIMD path this machine
+compiles and the portable fallback), then whole quantized graphs on cpu vs the reference backend."""
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+import nnfuse
+from nnfuse.backends.cpu.build import FLAGS, build, find_compiler, load
+from nnfuse.backends.cpu.quant_kernels import C_SOURCE, pack_q8, pack_wq
+from nnfuse.ir import Builder
+from nnfuse.ir.evaluate import evaluate
+
+try:
+    find_compiler()
+except Exception:   # pragma: no cover - every CI machine has gcc
+    pytest.skip("no C compiler", allow_module_level=True)
+
+HARNESS = r"""
+#include <stdint.h>
+#include <string.h>
+""" + C_SOURCE + r"""
+void t_q8(int64_t M, int64_t N, int64_t K, const int8_t* A, const int8_t* B, int32_t* O) {
+  nnf_q8_gemm(M, 0, N, K, A, K, B, (N + 63) / 64, O, N);
+}
+void t_wq(int bits, int64_t M, int64_t N, int64_t K, int64_t grp, const float* X, const uint8_t* B, const float* S, float* O) {
+  nnf_wq_gemm(bits, M, 0, N, K, grp, X, K, B, S, O, N);
+}
+"""
+P = ctypes.c_void_p
+I = ctypes.c_int64
+
+
+@pytest.fixture(scope="module", params=["native", "fallback"])
+def lib(request):
+    flags = list(FLAGS) + (["-DNNF_NO_VNNI", "-DNNF_NO_AVX512_WQ"] if request.param == "fallback" else [])
+    path, _, _ = build(HARNESS, flags)
+    lib = load(path)
+    lib.t_q8.argtypes = [I, I, I, P, P, P]
+    lib.t_wq.argtypes = [ctypes.c_int, I, I, I, I, P, P, P, P]
+    for f in ("nnf_q8_path", "nnf_wq_path"):
+        getattr(lib, f).restype = ctypes.c_char_p
+    lib.mode = request.param
+    return lib
+
+
+def _ptr(a):
+    return a.ctypes.data_as(P)
+
+
+SHAPES = [(1, 1, 1), (1, 17, 5), (3, 64, 64), (7, 100, 131), (13, 129, 4), (6, 64, 259), (2, 33, 2048)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_q8_gemm_exact(lib, m, n, k):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    a[0, :min(k, 4)] = -128                        # the u8 shift's extremes
+    w[:min(k, 3), 0] = 127
+    out = np.zeros((m, n), np.int32)
+    packed = pack_q8(w)
+    lib.t_q8(m, n, k, _ptr(a), _ptr(packed), _ptr(out))
+    ref = a.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_paths_reported(lib):
+    want = "scalar" if lib.mode == "fallback" else None
+    for f in ("nnf_q8_path", "nnf_wq_path"):
+        p = getattr(lib, f)().decode()
+        assert p in ("avx512vnni", "avx512", "scalar")
+        if want:
+            assert p == want
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m,n,k,grp", [(1, 40, 64, 32), (1, 1024, 256, 128), (3, 70, 192, 64), (5, 33, 37, 37),
+                                       (9, 96, 128, 128)])
+def test_weight_only_gemm(lib, bits, m, n, k, grp):
+    rng = np.random.default_rng(bits * 7 + m + n + k)
+    qmax = 7 if bits == 4 else 127
+    q = rng.integers(-qmax - 1, qmax + 1, (k, n)).astype(np.int8)
+    s = rng.uniform(0.001, 0.02, (k // grp, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    data, sc = pack_wq(q, s, bits)
+    out = np.full((m, n), np.nan, np.float32)
+    lib.t_wq(bits, m, n, k, grp, _ptr(x), _ptr(data), _ptr(sc), _ptr(out))
+    w = q.astype(np.float64) * np.repeat(s.astype(np.float64), grp, axis=0)
+    ref = x.astype(np.float64) @ w
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_pack_layouts():
+    w = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    p = pack_q8(w)
+    panel = p[:64 * 4].reshape(64, 4)                   # ceil(3/4) = 1 k group: [64 columns][4 k]
+    np.testing.assert_array_equal(panel[:4, :3], w.T)
+    np.testing.assert_array_equal(panel[:, 3], 0)       # k padded with zeros
+    np.testing.assert_array_equal(p[256:].view(np.int32)[:4], 128 * w.astype(np.int32).sum(0))
+    q = np.array([[-8, 7] + [0] * 14 + [3, -1] + [0] * 14], np.int8)
+    data, _ = pack_wq(q, np.ones((1, 32), np.float32), 4)
+    assert data[0] == (-8 + 8) | ((3 + 8) << 4) and data[1] == (7 + 8) | ((-1 + 8) << 4)
+
+
+# ---------------------------------------------------------------- whole graphs: cpu vs reference
+def _run(cm, x):
+    r = cm(x)
+    return np.asarray(r[0] if isinstance(r, (list, tuple)) else r)
+
+
+def _mlp(k, hid, n):
+    torch.manual_seed(k + hid + n)
+    return torch.nn.Sequential(torch.nn.Linear(k, hid), torch.nn.GELU(), torch.nn.Linear(hid, n)).eval()
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w8", "w4g32", "w4g64", "w4g128"])
+@pytest.mark.parametrize("shape", [(1, 1, 256), (2, 7, 256), (13, 256)])
+def test_quantized_mlp_matches_reference(scheme, shape):
+    m = _mlp(256, 384, 70)          # N = 70 and 384: not multiples of the 64 / 32-column panels
+    x = torch.randn(*shape)
+    ref = nnfuse.compile(m, (x,), backend="reference", quantize=scheme)
+    cpu = nnfuse.compile(m, (x,), backend="cpu", quantize=scheme)
+    src = cpu.source()
+    assert ("nnf_q8_gemm(" if scheme == "w8a8" else "nnf_wq_gemm(") in src.split("nnf_run")[-1] or \
+        src.count("nnf_q8_gemm(" if scheme == "w8a8" else "nnf_wq_gemm(") >= 2    # the quantized kernel ran
+    a, b = _run(ref, x), _run(cpu, x)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-6 * np.abs(a).max())
+
+
+def test_int_gemm_bit_exact():
+    """matmul_integer with an int32 result: the cpu kernel's accumulators equal the reference exactly."""
+    rng = np.random.default_rng(3)
+    b = Builder("mmi")
+    x = b.input("x", [5, 131], "i8")
+    w = b.const(rng.integers(-127, 128, (131, 77)).astype(np.int8), "w")
+    g = b.output(b.op("matmul_integer", x, w))
+    xs = rng.integers(-128, 128, (5, 131)).astype(np.int8)
+    cpu = nnfuse.compile(g, backend="cpu", quantize="w8a8", passes=["prepare-quant-cpu"])
+    assert "nnf_q8_gemm(" in cpu.source()
+    np.testing.assert_array_equal(_run(cpu, xs), evaluate(g, [xs])[0])
+
+
+def test_w8a8_integer_part_bit_exact():
+    """Dynamic W8A8 without an epilogue beyond the two scale multiplies: identical floats to the reference."""
+    m = torch.nn.Linear(200, 90, bias=False).eval()
+    x = torch.randn(3, 11, 200)
+    ref = nnfuse.compile(m, (x,), backend="reference", quantize="w8a8")
+    cpu = nnfuse.compile(m, (x,), backend="cpu", quantize="w8a8")
+    np.testing.assert_array_equal(_run(cpu, x), _run(ref, x))
+
+
+def test_unsupported_forms_fall_back():
+    """Schemes without a cpu kernel (fp8, MX, w4a4's int4 activations) still run, through decompose-quant's ops."""
+    m = _mlp(64, 96, 32)
+    x = torch.randn(4, 64)
+    for scheme in ("fp8w", "mxint8", "w4a4"):
+        ref = nnfuse.compile(m, (x,), backend="reference", quantize=scheme)
+        cpu = nnfuse.compile(m, (x,), backend="cpu", quantize=scheme)
+        a, b = _run(ref, x), _run(cpu, x)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
