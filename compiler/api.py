@@ -170,6 +170,8 @@ def compile(model: Any, example_inputs: Optional[Sequence] = None, *, backend: s
     frontend_opts = {k: options.pop(k) for k in list(options) if k in ("dynamic_shapes", "strict", "input_shapes")}
     if dynamic:
         frontend_opts["dynamic"] = True
+    from .options import check_options
+    check_options(options, bmod, backend)
     graph = to_graph(model, example_inputs, **frontend_opts)
     _check_weights(graph)
     fp32_graph = graph
