@@ -8,83 +8,22 @@ decomposes the rest, and the lowerings of the kept forms to Gemm kernels whose m
       -> Gemm(a = qa, b = VNNI-packed Wq + colsums), meta quant = "w8a8"   (exact int32 accumulation); when the
          only user is cast(acc, f32) the gemm writes f32 = (float)acc and the cast, the two scale multiplies and
          any bias/activation/residual fold into its epilogue (lower.fuse_epilogues).
-Everything else (quantize_dynamic, static quantize, hadamard, fp8/MX/NV weights, zero points) goes through
-decompose-quant's primitive ops: quantize_dynamic then runs as a generated Reduce (absmax) + Pointwise (divide,
-round half-even, clip, cast) pair, bit-exact with the reference.
+  qx, sx = quantize_dynamic(x) {i8, axis -1, group 0, symmetric}
+      -> QuantRows kernel (absmax, scale = absmax / 127, codes = clip(rne(x / scale))), bit-exact with the reference
+Everything else (static quantize, hadamard, fp8/MX/NV weights or activations, zero points, blocked activation
+scales) goes through decompose-quant's primitive ops.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..ir import Graph, Node, Value
+from ..ir import Node, Value
 from ..ir.dtypes import dtype as to_dtype
-from ..ir.kernel import Access, Arg, Buffer, Gemm, Load, QuantOperand, op as mkop
+from ..ir.kernel import Access, Arg, Buffer, Gemm, Kernel, Load, QuantOperand, op as mkop
 from .lower import LOWERINGS, Lowering, Tensor, _operand, _reshape, broadcast, cstrides, numel
-from .manager import PassContext, register_pass
-from .quant.common import tidy
-from .quant.decompose import QUANT_OPS, decompose_node
-
-_WQ_DTYPES = ("i8", "i4")
-
-
-def _const(v: Value) -> bool:
-    return v.producer is None and v.data is not None
-
-
-def weight_only_ok(n: Node, ins: "list[Value] | None" = None) -> bool:
-    """dequantize of a constant [K, N] int8/int4 weight with per-channel or group-along-K f32 scales."""
-    ins = ins if ins is not None else list(n.inputs)
-    if n.op != "dequantize" or n.body is not None or len(ins) != 2 or not all(_const(v) for v in ins):
-        return False
-    q, s = ins
-    a = n.attrs
-    if q.dtype.name not in _WQ_DTYPES or s.dtype.name != "f32" or q.type.rank != 2 or s.type.rank != 2:
-        return False
-    if a.get("axis", 0) % 2 != 0 or float(a.get("global_scale", 1.0)) != 1.0:
-        return False
-    K, N = q.shape
-    g = a.get("group", 0)
-    if g > 0:
-        return K % g == 0 and tuple(s.shape) == (K // g, N)
-    return tuple(s.shape) == (1, N)
-
-
-def int_gemm_ok(n: Node, ins: "list[Value] | None" = None) -> bool:
-    """matmul_integer(s8 activations, constant s8/s4 [K, N] weight), no zero points."""
-    ins = ins if ins is not None else list(n.inputs)
-    if n.op != "matmul_integer" or len(ins) != 2:
-        return False
-    a, b = ins
-    return a.dtype.name == "i8" and _const(b) and b.dtype.name in _WQ_DTYPES and b.type.rank == 2 and a.type.rank >= 1
-
-
-@register_pass("prepare-quant-cpu", exact=True)
-def prepare_quant_cpu(g: Graph, ctx: PassContext) -> dict:
-    """Keep the quant ops the cpu kernels run (weight-only int8/int4 gemms, s8 x s8 integer gemms); decompose the rest."""
-    users = g.users()
-    outs = {v.id for v in g.outputs}
-    kept, dec = {"weight_only": 0, "int8_gemm": 0}, {}
-    for n in list(g.nodes):
-        if n.body is not None or n.op not in QUANT_OPS:
-            continue
-        o = n.outputs[0]
-        us = users.get(o.id, [])
-        if (n.op == "dequantize" and weight_only_ok(n) and o.id not in outs and us
-                and all(u.op == "matmul" and len(u.inputs) == 2 and u.inputs[1] is o and u.inputs[0] is not o for u in us)):
-            n.meta["cpu_qweight"] = True    # every user is a matmul that the weight-only kernel runs
-            kept["weight_only"] += 1
-            continue
-        if n.op == "matmul_integer" and int_gemm_ok(n):
-            # the gemm can hand its consumer f32 directly when that consumer is the only one and casts to f32
-            n.meta["cpu_f32_acc"] = (o.id not in outs and len(us) == 1 and us[0].op == "cast"
-                                     and us[0].attrs.get("to") == "f32")
-            kept["int8_gemm"] += 1
-            continue
-        decompose_node(g, n)
-        dec[n.op] = dec.get(n.op, 0) + 1
-    tidy(g)
-    return {**kept, "decomposed": sum(dec.values()), **{f"op:{k}": v for k, v in dec.items()}}
-
+from .quant.cpu_prepare import _const, int_gemm_ok, row_quant_ok, weight_only_ok
 
 # ---------------------------------------------------------------- lowerings
 def _packed(L: Lowering, key: tuple, make) -> list[Buffer]:
@@ -194,6 +133,45 @@ def _matmul_integer(L: Lowering, n, ins):
     return [_gemm(L, n, ins[0], K, N, i32, make_b, "w8a8")]
 
 
+@dataclass(eq=False)
+class QuantRows(Kernel):
+    """Per-row dynamic quantization: out[r] = absmax(x[r, :]) / 127 (1 when 0); q[r, k] = clip(rne(x[r, k] / out[r])).
+    One pass for the absmax and one for the codes, vectorized (the generic Reduce + Pointwise pair was 10x slower).
+    Accesses carry no strides (a row-major [rows, k] layout is the contract; lda is the x row stride)."""
+    rows: int = 1
+    k: int = 1
+    lda: int = 1
+    x: Access = None       # type: ignore[assignment]
+    q: Access = None       # type: ignore[assignment]
+    out: Access = None     # type: ignore[assignment]
+    kind = "quant_rows"
+
+    def writes(self):
+        return [self.q, self.out]
+
+    def extra_reads(self):
+        return [self.x]
+
+
+def _quantize_dynamic(L: Lowering, n, ins):
+    if not row_quant_ok(n):
+        from .lower import LowerError
+        raise LowerError(f"quantize_dynamic ({n.loc or 'unnamed'}): this form has no cpu kernel; run prepare-quant-cpu "
+                         "(compile(..., backend='cpu', quantize=...) does) or decompose-quant first")
+    x = ins[0]
+    shape = tuple(x.shape)
+    K = shape[-1]
+    R = numel(shape[:-1])
+    xa = L.contiguous(x).expr.access
+    qb = L.temp(to_dtype("i8"), numel(shape))
+    sb = L.temp(to_dtype("f32"), R)
+    L.emit(QuantRows(rows=R, k=K, lda=K, x=Access(xa.buf, xa.offset, ()), q=Access(qb, 0, ()), out=Access(sb, 0, ())))
+    sshape = shape[:-1] + (1,)
+    return [Tensor(shape, Load(qb.dtype, Access(qb, 0, cstrides(shape)))),
+            Tensor(sshape, Load(sb.dtype, Access(sb, 0, cstrides(sshape))))]
+
+
+LOWERINGS["quantize_dynamic"] = _quantize_dynamic
 LOWERINGS["matmul"] = _matmul_q
 LOWERINGS["dequantize"] = _dequantize
 LOWERINGS["matmul_integer"] = _matmul_integer

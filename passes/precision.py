@@ -20,7 +20,7 @@ import numpy as np
 from ..ir import Graph, NnfuseError, Value
 from ..ir.builder import make_node
 from ..ir.dtypes import dtype as to_dtype
-from .manager import PASSES, PIPELINE_HOOKS, PassContext, register_pass
+from .manager import PIPELINE_HOOKS, PassContext, register_pass
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _LOW_DTYPE = {"bf16": "bf16", "fp16": "f16"}
@@ -77,7 +77,6 @@ def apply_precision(g: Graph, precision: str) -> dict:
         return {"precision": "fp32"}
     low = to_dtype(_LOW_DTYPE[precision])
     f32 = to_dtype("f32")
-    uses = g.use_counts()
     rounded: dict[int, Value] = {}      # value id -> its low-precision-rounded f32 twin (shared by all readers)
     stats = {"precision": precision, "ops": 0, "weights": 0, "weight_bytes_before": 0, "weight_bytes_after": 0,
              "rounded_activations": 0}
@@ -120,7 +119,8 @@ def apply_precision(g: Graph, precision: str) -> dict:
                 stats["ops"] += 1
         out_nodes.append(n)
     g.nodes = out_nodes
-    del uses
+    from .cleanup import dce_graph
+    dce_graph(g)                    # views of weights now read as bf16 copies
     g.remove_unused_constants()     # f32 weights only gemms read are gone: the model holds half the bytes
     return stats
 
@@ -226,5 +226,3 @@ def widen_const(L, t) -> Optional[object]:
     L.const_data.append(arr)
     return Tensor(tuple(t.shape), Load(b.dtype, Access(b, 0, cstrides(tuple(t.shape)))))
 
-
-assert "precision" in PASSES

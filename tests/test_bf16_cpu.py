@@ -95,7 +95,7 @@ def test_avx512bf16_and_widening_paths_agree():
         pytest.skip("this CPU has no AVX512_BF16: only the widening path can run here")
     assert cm.stats()["bf16_path"] in ("avx512bf16", "amx-bf16")
     wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
-    assert cbf16.report_path.__name__ and _path(wide) == "widening"
+    assert _path(wide) == "widening"
     a, b = cm.executable([x])[0], wide([x])[0]
     # both compute exact bf16 products summed in f32: only the order of the f32 sums differs
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
@@ -151,3 +151,18 @@ def test_packed_layout_roundtrip():
     p = cbf16.pack_b(w).reshape(2, 3, 64, 2)   # panels, k pairs, columns, (even k, odd k)
     assert p[0, 1, 3, 0] == w[2, 3] and p[0, 1, 3, 1] == w[3, 3] and p[1, 2, 5, 0] == w[4, 69]
     assert float(p[1, 2, 5, 1]) == 0.0 and float(p[1, 0, 10, 0]) == 0.0   # zero padding (odd K, N to 64)
+
+
+def test_conv_paths_agree():
+    torch = pytest.importorskip("torch")
+    if not cbf16.cpu_bf16_features().get("avx512_bf16"):
+        pytest.skip("this CPU has no AVX512_BF16: only the widening path can run here")
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 64, 3, stride=2, padding=1)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    cm = nnfuse.compile(m, (x,), backend="cpu", precision="bf16", threads=2, accuracy_report=False)
+    wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
+    xn = x.numpy()
+    a, b = cm.executable([xn])[0], wide([xn])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())

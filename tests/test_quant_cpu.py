@@ -49,7 +49,7 @@ def _ptr(a):
     return a.ctypes.data_as(P)
 
 
-SHAPES = [(1, 1, 1), (1, 17, 5), (3, 64, 64), (7, 100, 131), (13, 129, 4), (6, 64, 259), (2, 33, 2048)]
+SHAPES = [(1, 1, 1), (1, 17, 5), (3, 64, 64), (8, 64, 64), (14, 70, 300), (32, 130, 1030), (7, 100, 131), (13, 129, 4), (6, 64, 259), (2, 33, 2048)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -99,9 +99,11 @@ def test_pack_layouts():
     np.testing.assert_array_equal(panel[:4, :3], w.T)
     np.testing.assert_array_equal(panel[:, 3], 0)       # k padded with zeros
     np.testing.assert_array_equal(p[256:].view(np.int32)[:4], 128 * w.astype(np.int32).sum(0))
-    q = np.array([[-8, 7] + [0] * 14 + [3, -1] + [0] * 14], np.int8)
+    q = np.zeros((3, 32), np.int8)
+    q[0, 0], q[1, 0], q[2, 0], q[1, 31] = -8, 7, -1, 3
     data, _ = pack_wq(q, np.ones((1, 32), np.float32), 4)
-    assert data[0] == (-8 + 8) | ((3 + 8) << 4) and data[1] == (7 + 8) | ((-1 + 8) << 4)
+    lanes = data.view(np.uint32)                        # one 8-k block: 32 lanes, nibble i = row i
+    assert lanes[0] == 0x8 | (0x7 << 4) | (0xF << 8) and lanes[31] == 0x3 << 4 and data.size == 128
 
 
 # ---------------------------------------------------------------- whole graphs: cpu vs reference
@@ -160,3 +162,25 @@ def test_unsupported_forms_fall_back():
         cpu = nnfuse.compile(m, (x,), backend="cpu", quantize=scheme)
         a, b = _run(ref, x), _run(cpu, x)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("shape", [(4, 37), (2, 3, 64), (1, 1000)])
+def test_row_quantize_bit_exact(shape):
+    """quantize_dynamic per token on cpu (the fused row kernel): codes and scales identical to the reference,
+    including an all-zero row (scale 1), ties at .5 (round half to even) and a row of one value."""
+    rng = np.random.default_rng(len(shape))
+    xs = rng.standard_normal(shape).astype(np.float32) * 3
+    flat = xs.reshape(-1, shape[-1])
+    flat[0] = 0.0
+    if flat.shape[0] > 1:
+        flat[1, :] = np.arange(shape[-1], dtype=np.float32) - shape[-1] // 2 + 0.5   # many exact .5 ties after scaling
+    b = Builder("qd")
+    x = b.input("x", list(shape))
+    q, s = b.op("quantize_dynamic", x, dtype="i8")
+    g = b.output(q, s)
+    cpu = nnfuse.compile(g, backend="cpu", passes=["prepare-quant-cpu"])
+    assert "nnf_quant_rows(" in cpu.source()
+    got = cpu(xs)
+    want = evaluate(g, [xs])
+    np.testing.assert_array_equal(np.asarray(got[0]), want[0])
+    np.testing.assert_array_equal(np.asarray(got[1]), want[1])

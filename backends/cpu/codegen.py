@@ -121,8 +121,8 @@ typedef union { float f; int32_t i; uint32_t u; } nnf_fi;
 static inline float nnf_bf16_to_f(uint16_t h) { nnf_fi v; v.u = ((uint32_t)h) << 16; return v.f; }
 static inline uint16_t nnf_f_to_bf16(float f) {
   nnf_fi v; v.f = f;
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
-  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+  uint32_t nan = (v.u >> 16) | 0x40, rne = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+  return (uint16_t)(((v.u & 0x7fffffffu) > 0x7f800000u) ? nan : rne);   /* a select, not a branch: loops vectorize */
 }
 /* exp: Cephes-style range reduction + degree-6 polynomial; arithmetic only, so loops vectorize. */
 static inline float nnf_exp(float x) {
@@ -496,6 +496,9 @@ class KernelWriter:
     def write(self) -> str:
         k = self.k
         body = {Pointwise: self.pointwise, Reduce: self.reduce, RowNorm: self.rownorm, Gemm: self.gemm, Conv: self.conv}.get(type(k))
+        if body is None and k.kind == "quant_rows":   # dynamic per-token quantization (issue 10)
+            from .quant_kernels import emit_quant_rows
+            body = lambda: emit_quant_rows(self, k)  # noqa: E731
         if body is None:
             raise CodegenError(f"kernel kind {k.kind} is not supported by the cpu backend yet")
         main = f"{self.signature()} {{\n{body()}}}\n"
@@ -876,7 +879,7 @@ def generate(p: Program, profile: bool = False) -> str:
     if any(k.meta.get("bf16_packed") for k in p.kernels):
         from .bf16 import C_SOURCE
         parts.append(C_SOURCE)
-    if any(k.meta.get("quant") for k in p.kernels):
+    if any(k.meta.get("quant") or k.kind == "quant_rows" for k in p.kernels):
         from .quant_kernels import C_SOURCE as QUANT_C
         parts.append(QUANT_C)
     seen: dict[str, str] = {}

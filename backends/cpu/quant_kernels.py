@@ -7,9 +7,10 @@ a Gemm kernel whose meta["quant"] is set by passes/lower_quant.py.
   consecutive k per 32-bit lane: the vpdpbusd operand), zero padded; the int32 colsums follow the panels.
   Without VNNI: a scalar loop over the same layout (signed products, no correction) - the same int32 result.
 - "w4" / "w8": weight-only, f32 activations, f32 accumulation; the codes are unpacked in registers. Panels of
-  32 columns: int4 = [K][16] bytes, byte j holding column j (low nibble) and j+16 (high nibble) as code + 8;
-  int8 = [K][32] bytes. Scales [G][32] f32 per panel (G = K / group; per-channel: G = 1). Each group's partial
-  sums are scaled once: sum_g s[g, n] * sum_{k in g} x[k] * q[k, n].
+  32 columns: int4 = [ceil(K/8)][32] uint32 lanes, lane j holding 8 consecutive k of column j (nibble i = k % 8,
+  two's complement; a shift pair sign-extends it, no table, no byte shuffles); int8 = [K][32] bytes. Scales
+  [G][32] f32 per panel (G = K / group; per-channel: G = 1). Each group's partial sums are scaled once:
+  sum_g s[g, n] * sum_{k in g} x[k] * q[k, n].
 The path is chosen by the compiler's target macros under -march=native (`nnf_q8_path` / `nnf_wq_path` report it);
 define NNF_NO_VNNI / NNF_NO_AVX512_WQ to force the fallback (the tests compare both).
 """
@@ -21,6 +22,92 @@ import numpy as np
 
 Q8_PANEL = 64
 WQ_PANEL = 32
+
+def _q8_microkernel(mr: int) -> str:
+    """MR rows x 64 columns of vpdpbusd over one K block, 4*MR named accumulators, raw sums stored to a 64-wide
+    tile. Kept minimal on purpose: with flags or masked loads in it, or arrays of __m512i, gcc spilled the
+    accumulators to the stack (measured 2x slower); the caller merges the tile (nnf_q8_merge)."""
+    acc = [[f"c{r}{j}" for j in range(4)] for r in range(mr)]
+    decl = "  __m512i " + ", ".join(f"{c} = _mm512_setzero_si512()" for row in acc for c in row) + ";\n"
+    step = ("    const int8_t* bb = bp + g * 256;\n"
+            "    __m512i b0 = _mm512_loadu_si512(bb), b1 = _mm512_loadu_si512(bb + 64);\n"
+            "    __m512i b2 = _mm512_loadu_si512(bb + 128), b3 = _mm512_loadu_si512(bb + 192);\n")
+    for r in range(mr):
+        step += (f"    {{ int32_t w; memcpy(&w, a + {r} * lda + 4 * g, 4); __m512i av = _mm512_set1_epi32(w);\n"
+                 + "".join(f"      NNF_DPBUSD({acc[r][j]}, av, b{j});\n" for j in range(4)) + "    }\n")
+    store = "".join(f"  _mm512_storeu_si512(t + {64 * r + 16 * j}, {acc[r][j]});\n" for r in range(mr) for j in range(4))
+    # noinline/noclone: cloned with the call site's constants, gcc spilled the accumulators too
+    return (f"static __attribute__((noinline, noclone)) void nnf_q8mk{mr}(int64_t KG, const uint8_t* a, int64_t lda, "
+            f"const int8_t* bp, int32_t* t) {{\n{decl}"
+            f"  for (int64_t g = 0; g < KG; g++) {{\n{step}  }}\n{store}}}\n")
+
+
+def _wq_microkernel(bits: int, mr: int) -> str:
+    """MR rows x 32 columns, f32 FMAs on codes unpacked in registers; `sets` k-interleaved accumulator sets keep
+    enough FMA chains in flight. int4: a 32-bit lane holds 8 consecutive k of one column (sign-extended by a shift
+    pair); int8: 32 bytes per k row (vpmovsxbd)."""
+    sets = 4 if mr == 1 else 2
+    acc = [[[f"a{r}_{s}_{h}" for h in range(2)] for s in range(sets)] for r in range(mr)]
+    tot = [[f"t{r}_{h}" for h in range(2)] for r in range(mr)]
+    zero = lambda names: "    __m512 " + ", ".join(f"{n} = _mm512_setzero_ps()" for n in names) + ";\n"  # noqa: E731
+
+    def fma(i: int, kexpr: str, f0: str, f1: str, ind: str) -> str:
+        out = ""
+        for r in range(mr):
+            out += (f"{ind}{{ __m512 xv = _mm512_set1_ps(x[{r} * lda + {kexpr}]); "
+                    f"{acc[r][i % sets][0]} = _mm512_fmadd_ps(xv, {f0}, {acc[r][i % sets][0]}); "
+                    f"{acc[r][i % sets][1]} = _mm512_fmadd_ps(xv, {f1}, {acc[r][i % sets][1]}); }}\n")
+        return out
+    if bits == 4:
+        body = ("    int64_t k = k0;\n"
+                "    for (; k + 8 <= ke; k += 8) {\n"
+                "      const uint8_t* bb = bp + k * 16;\n"
+                "      __m512i w0 = _mm512_loadu_si512(bb), w1 = _mm512_loadu_si512(bb + 64);\n")
+        for i in range(8):
+            sh = (f"_mm512_slli_epi32(w0, {28 - 4 * i})", f"_mm512_slli_epi32(w1, {28 - 4 * i})") if i < 7 else ("w0", "w1")
+            body += (f"      {{ __m512 f0 = _mm512_cvtepi32_ps(_mm512_srai_epi32({sh[0]}, 28)), "
+                     f"f1 = _mm512_cvtepi32_ps(_mm512_srai_epi32({sh[1]}, 28));\n" + fma(i, f"k + {i}", "f0", "f1", "        ") + "      }\n")
+        body += ("    }\n"
+                 "    if (k < ke) {   /* a ragged last block (per-channel scales, K % 8 != 0) */\n"
+                 "      const uint8_t* bb = bp + k * 16;\n"
+                 "      __m512i w0 = _mm512_loadu_si512(bb), w1 = _mm512_loadu_si512(bb + 64);\n"
+                 "      for (int64_t i = 0; k + i < ke; i++) {\n"
+                 "        __m128i c = _mm_cvtsi32_si128((int)(28 - 4 * i));\n"
+                 "        __m512 f0 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_sll_epi32(w0, c), 28));\n"
+                 "        __m512 f1 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_sll_epi32(w1, c), 28));\n"
+                 + fma(0, "k + i", "f0", "f1", "        ") + "      }\n    }\n")
+    else:
+        body = ("    int64_t k = k0;\n"
+                f"    for (; k + {sets} <= ke; k += {sets}) {{\n")
+        for i in range(sets):
+            body += (f"      {{ const __m128i* bb = (const __m128i*)(bp + (k + {i}) * 32);\n"
+                     "        __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bb)));\n"
+                     "        __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bb + 1)));\n"
+                     + fma(i, f"k + {i}", "f0", "f1", "        ") + "      }\n")
+        body += ("    }\n"
+                 "    for (; k < ke; k++) {\n"
+                 "      const __m128i* bb = (const __m128i*)(bp + k * 32);\n"
+                 "      __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bb)));\n"
+                 "      __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(bb + 1)));\n"
+                 + fma(0, "k", "f0", "f1", "      ") + "    }\n")
+    fold = "    __m512 s0 = _mm512_loadu_ps(sp), s1 = _mm512_loadu_ps(sp + 16);\n"
+    for r in range(mr):
+        for h in range(2):
+            ssum = " + ".join(acc[r][s][h] for s in range(sets)).split(" + ")
+            e = ssum[0]
+            for t in ssum[1:]:
+                e = f"_mm512_add_ps({e}, {t})"
+            fold += f"    {tot[r][h]} = _mm512_fmadd_ps({e}, s{h}, {tot[r][h]});\n"
+    store = ("  __mmask16 m0 = nv >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nv) - 1);\n"
+             "  __mmask16 m1 = nv >= 32 ? (__mmask16)0xffff : nv > 16 ? (__mmask16)((1u << (nv - 16)) - 1) : (__mmask16)0;\n"
+             + "".join(f"  _mm512_mask_storeu_ps(o + {r} * ldo, m0, {tot[r][0]}); _mm512_mask_storeu_ps(o + {r} * ldo + 16, m1, {tot[r][1]});\n"
+                       for r in range(mr)))
+    return (f"static __attribute__((noinline, noclone)) void nnf_w{bits}mk{mr}(int64_t K, int64_t grp, const float* x, int64_t lda, const uint8_t* bp,\n"
+            f"                                const float* sp, float* o, int64_t ldo, int64_t nv) {{\n"
+            + zero([t for row in tot for t in row])
+            + f"  for (int64_t k0 = 0; k0 < K; k0 += grp, sp += 32) {{\n    int64_t ke = k0 + grp;\n"
+            + zero([a for r in acc for s in r for a in s]) + body + fold + "  }\n" + store + "}\n")
+
 
 C_SOURCE = r"""
 /* ---- quantized gemm kernels (backends/cpu/quant_kernels.py) ---- */
@@ -39,64 +126,74 @@ const char* nnf_wq_path(void) { return "avx512"; }
 #else
 const char* nnf_wq_path(void) { return "scalar"; }
 #endif
-
-/* 4 bytes of an s8 row starting at k = 4g; past K the bytes are 0 (their packed weights are 0 too) */
-static inline int32_t nnf_q8_word(const int8_t* a, int64_t g, int64_t K) {
-  int32_t v = 0; int64_t k = 4 * g, r = K - k;
-  memcpy(&v, a + k, r >= 4 ? 4 : (size_t)r);
-  return v;
-}
 #if defined(NNF_Q8_VNNI)
-#define NNF_Q8_STEP(MR, WORD)                                                                                     \
-  { const int8_t* bb = bp + g * 256;                                                                             \
-    __m512i b0 = _mm512_loadu_si512(bb), b1 = _mm512_loadu_si512(bb + 64);                                       \
-    __m512i b2 = _mm512_loadu_si512(bb + 128), b3 = _mm512_loadu_si512(bb + 192);                               \
-    _Pragma("GCC unroll 8")                                                                                      \
-    for (int r = 0; r < MR; r++) {                                                                               \
-      __m512i av = _mm512_xor_si512(_mm512_set1_epi32(WORD), x80);                                               \
-      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0); acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);    \
-      acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], av, b2); acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], av, b3);    \
-    } }
-/* MR rows x 64 columns: 4*MR int32 accumulators */
-#define NNF_Q8MK(MR)                                                                                             \
-static inline void nnf_q8mk##MR(int64_t K, const int8_t* a, int64_t lda, const int8_t* bp, const int32_t* cs,     \
-                                int32_t* o, int64_t ldo, int64_t nv) {                                           \
-  __m512i acc[MR][4];                                                                                            \
-  const __m512i x80 = _mm512_set1_epi32((int)0x80808080u);                                                       \
-  for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();                   \
-  const int64_t KF = K / 4, KG = (K + 3) / 4;                                                                    \
-  int64_t g = 0;                                                                                                 \
-  for (; g < KF; g++) NNF_Q8_STEP(MR, ({ int32_t _w; memcpy(&_w, a + r * lda + 4 * g, 4); _w; }))                \
-  for (; g < KG; g++) NNF_Q8_STEP(MR, nnf_q8_word(a + r * lda, g, K))                                            \
-  for (int j = 0; j < 4; j++) {                                                                                  \
-    int64_t cols = nv - 16 * j;                                                                                  \
-    if (cols <= 0) break;                                                                                        \
-    __m512i c = _mm512_loadu_si512(cs + 16 * j);                                                                 \
-    __mmask16 mk = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);                               \
-    for (int r = 0; r < MR; r++) _mm512_mask_storeu_epi32(o + r * ldo + 16 * j, mk, _mm512_sub_epi32(acc[r][j], c)); \
-  }                                                                                                              \
+/* c += dot4(u8 a, s8 b) per 32-bit lane. As asm with the accumulator in-out: with the intrinsic gcc copied the
+   accumulators around and spilled them to the stack. */
+#define NNF_DPBUSD(c, a, b) __asm__("vpdpbusd %[bv], %[av], %[cv]" : [cv] "+v"(c) : [av] "v"(a), [bv] "v"(b))
+""" + "".join(_q8_microkernel(r) for r in (6, 4, 2, 1)) + r"""#endif
+#if defined(NNF_Q8_VNNI)
+/* o (+)= tile - (last ? 128*colsum : 0), on the nv valid columns */
+static inline void nnf_q8_merge(int mr, const int32_t* t, int32_t* o, int64_t ldo, int64_t nv, const int32_t* cs,
+                                int first, int last) {
+  for (int r = 0; r < mr; r++) {
+    int32_t* restrict orow = o + r * ldo; const int32_t* restrict tr = t + 64 * r;
+    if (first && last) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j] - cs[j];
+    else if (first) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j];
+    else if (last) for (int64_t j = 0; j < nv; j++) orow[j] += tr[j] - cs[j];
+    else for (int64_t j = 0; j < nv; j++) orow[j] += tr[j];
+  }
 }
-NNF_Q8MK(6)
-NNF_Q8MK(4)
-NNF_Q8MK(2)
-NNF_Q8MK(1)
 #endif
 /* O[m, n0:n1] = int32 (A[m, :] @ W[:, n0:n1]); n0 a multiple of 64; B packed (see above), NP panels */
 static void nnf_q8_gemm(int64_t M, int64_t n0, int64_t n1, int64_t K, const int8_t* A, int64_t lda,
                         const int8_t* B, int64_t NP, int32_t* O, int64_t ldo) {
   const int64_t KG = (K + 3) / 4;
+#if defined(NNF_Q8_VNNI)
   const int32_t* cs = (const int32_t*)(B + NP * KG * 256);
-  (void)cs;
+  /* A + 128 as u8 (vpdpbusd's unsigned operand), rows padded to 4*KG with zeros (their weights are 0) */
+  const int64_t la = 4 * KG;
+  /* per-thread scratch, grown on demand and kept (no malloc/mmap churn per call) */
+  static __thread uint8_t* scratch = 0; static __thread int64_t cap = 0;
+  if (M * la > cap) {
+    uint8_t* p = (uint8_t*)realloc(scratch, (size_t)(M * la));
+    if (!p) { for (int64_t m = 0; m < M; m++) for (int64_t n = n0; n < n1; n++) O[m * ldo + n] = 0; return; }
+    scratch = p; cap = M * la;
+  }
+  uint8_t* au = scratch;
+  for (int64_t m = 0; m < M; m++) {
+    const int8_t* a = A + m * lda; uint8_t* d = au + m * la;
+    for (int64_t k = 0; k < K; k++) d[k] = (uint8_t)(a[k] ^ (int8_t)0x80);
+    for (int64_t k = K; k < la; k++) d[k] = 0;
+  }
+#endif
+#if defined(NNF_Q8_VNNI)
+  /* K blocks of 4*QKG bytes: a 64-column panel block (16 KiB) stays in L1 for all the row blocks */
+  const int64_t QKG = 64;
+  int32_t tile[6 * 64] __attribute__((aligned(64)));
   for (int64_t n = n0; n < n1; n += 64) {
     const int8_t* bp = B + (n / 64) * KG * 256;
     int64_t nv = n1 - n < 64 ? n1 - n : 64;
-#if defined(NNF_Q8_VNNI)
-    int64_t m = 0;
-    for (; m + 6 <= M; m += 6) nnf_q8mk6(K, A + m * lda, lda, bp, cs + n, O + m * ldo + n, ldo, nv);
-    for (; m + 4 <= M; m += 4) nnf_q8mk4(K, A + m * lda, lda, bp, cs + n, O + m * ldo + n, ldo, nv);
-    for (; m + 2 <= M; m += 2) nnf_q8mk2(K, A + m * lda, lda, bp, cs + n, O + m * ldo + n, ldo, nv);
-    for (; m < M; m++) nnf_q8mk1(K, A + m * lda, lda, bp, cs + n, O + m * ldo + n, ldo, nv);
+    for (int64_t g0 = 0; g0 < KG; g0 += QKG) {
+      int64_t kg = KG - g0 < QKG ? KG - g0 : QKG;
+      int first = g0 == 0, last = g0 + kg >= KG;
+      const int8_t* bk = bp + g0 * 256;
+      const uint8_t* ak = au + 4 * g0;
+      int64_t m = 0;
+#define NNF_Q8_TILE(MR) { nnf_q8mk##MR(kg, ak + m * la, la, bk, tile); \
+        nnf_q8_merge(MR, tile, O + m * ldo + n, ldo, nv, cs + n, first, last); }
+      /* 6-row blocks; a remainder of 2 is better as 4 + 4 than 6 + 2 (M = 32: 4x6 + 2x4, no 2-row kernel) */
+      int64_t m6 = M % 6 == 2 && M >= 8 ? M - 8 : M;
+      for (; m + 6 <= m6; m += 6) NNF_Q8_TILE(6)
+      for (; m + 4 <= M; m += 4) NNF_Q8_TILE(4)
+      for (; m + 2 <= M; m += 2) NNF_Q8_TILE(2)
+      for (; m < M; m++) NNF_Q8_TILE(1)
+#undef NNF_Q8_TILE
+    }
+  }
 #else
+  for (int64_t n = n0; n < n1; n += 64) {
+    const int8_t* bp = B + (n / 64) * KG * 256;
+    int64_t nv = n1 - n < 64 ? n1 - n : 64;
     for (int64_t m = 0; m < M; m++) {
       int32_t acc[64] = {0};
       const int8_t* a = A + m * lda;
@@ -107,75 +204,51 @@ static void nnf_q8_gemm(int64_t M, int64_t n0, int64_t n1, int64_t K, const int8
       }
       for (int64_t j = 0; j < nv; j++) O[m * ldo + n + j] = acc[j];
     }
+  }
 #endif
+}
+
+/* ---- per-row dynamic quantization f32 -> s8: scale = absmax / 127 (1 when 0), q = clip(rne(x / scale)).
+   Division, not a reciprocal multiply: bit-exact with the reference quantizer. ---- */
+static void nnf_quant_rows(int64_t r0, int64_t r1, int64_t K, const float* X, int64_t lda, int8_t* Q, float* S) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* x = X + r * lda; int8_t* q = Q + r * K;
+    float amax = 0.0f; int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 mv = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    amax = _mm512_reduce_max_ps(mv);
+#endif
+    for (; k < K; k++) { float a = fabsf(x[k]); amax = a > amax ? a : amax; }
+    float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    S[r] = s;
+    k = 0;
+#if defined(__AVX512F__)
+    const __m512 sv = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+    for (; k + 16 <= K; k += 16) {
+      __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_max_ps(_mm512_min_ps(v, hi), lo);
+      _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+#endif
+    for (; k < K; k++) { float v = nearbyintf(x[k] / s); v = v < -128.0f ? -128.0f : v > 127.0f ? 127.0f : v; q[k] = (int8_t)v; }
   }
 }
 
 /* ---- weight-only int4 / int8 (f32 activations, f32 accumulation) ---- */
 #if defined(NNF_WQ_AVX512)
-#define NNF_UNPACK_4(P, W0, W1)                                                                                  \
-  { __m128i _b = _mm_loadu_si128((const __m128i*)(P));                                                           \
-    __m128i _lo = _mm_sub_epi8(_mm_and_si128(_b, m0f), c8);                                                      \
-    __m128i _hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(_b, 4), m0f), c8);                                   \
-    W0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_lo)); W1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_hi)); }
-#define NNF_UNPACK_8(P, W0, W1)                                                                                  \
-  { W0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(P))));                         \
-    W1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(P) + 1))); }
-/* MR rows x 32 columns; two k-interleaved accumulator sets per row so the FMA chains overlap */
-#define NNF_WQMK(BITS, MR)                                                                                       \
-static inline void nnf_w##BITS##mk##MR(int64_t K, int64_t grp, const float* x, int64_t lda, const uint8_t* bp,    \
-                                      const float* sp, float* o, int64_t ldo, int64_t nv) {                      \
-  const __m128i m0f = _mm_set1_epi8(15), c8 = _mm_set1_epi8(8); (void)m0f; (void)c8;                             \
-  __m512 tot[MR][2];                                                                                             \
-  for (int r = 0; r < MR; r++) tot[r][0] = tot[r][1] = _mm512_setzero_ps();                                      \
-  for (int64_t k0 = 0; k0 < K; k0 += grp, sp += 32) {                                                            \
-    __m512 a0[MR][2], a1[MR][2];                                                                                 \
-    for (int r = 0; r < MR; r++) a0[r][0] = a0[r][1] = a1[r][0] = a1[r][1] = _mm512_setzero_ps();                \
-    int64_t k = k0, ke = k0 + grp;                                                                               \
-    for (; k + 1 < ke; k += 2) {                                                                                 \
-      __m512 w0, w1, w2, w3;                                                                                     \
-      NNF_UNPACK_##BITS(bp + k * (BITS * 4), w0, w1);                                                            \
-      NNF_UNPACK_##BITS(bp + (k + 1) * (BITS * 4), w2, w3);                                                      \
-      _Pragma("GCC unroll 4")                                                                                    \
-      for (int r = 0; r < MR; r++) {                                                                             \
-        __m512 xv = _mm512_set1_ps(x[r * lda + k]), xw = _mm512_set1_ps(x[r * lda + k + 1]);                     \
-        a0[r][0] = _mm512_fmadd_ps(xv, w0, a0[r][0]); a0[r][1] = _mm512_fmadd_ps(xv, w1, a0[r][1]);              \
-        a1[r][0] = _mm512_fmadd_ps(xw, w2, a1[r][0]); a1[r][1] = _mm512_fmadd_ps(xw, w3, a1[r][1]);              \
-      }                                                                                                          \
-    }                                                                                                            \
-    if (k < ke) {                                                                                                \
-      __m512 w0, w1;                                                                                             \
-      NNF_UNPACK_##BITS(bp + k * (BITS * 4), w0, w1);                                                            \
-      for (int r = 0; r < MR; r++) {                                                                             \
-        __m512 xv = _mm512_set1_ps(x[r * lda + k]);                                                              \
-        a0[r][0] = _mm512_fmadd_ps(xv, w0, a0[r][0]); a0[r][1] = _mm512_fmadd_ps(xv, w1, a0[r][1]);              \
-      }                                                                                                          \
-    }                                                                                                            \
-    __m512 s0 = _mm512_loadu_ps(sp), s1 = _mm512_loadu_ps(sp + 16);                                              \
-    for (int r = 0; r < MR; r++) {                                                                               \
-      tot[r][0] = _mm512_fmadd_ps(_mm512_add_ps(a0[r][0], a1[r][0]), s0, tot[r][0]);                             \
-      tot[r][1] = _mm512_fmadd_ps(_mm512_add_ps(a0[r][1], a1[r][1]), s1, tot[r][1]);                             \
-    }                                                                                                            \
-  }                                                                                                              \
-  __mmask16 k0m = nv >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nv) - 1);                                    \
-  __mmask16 k1m = nv >= 32 ? (__mmask16)0xffff : nv > 16 ? (__mmask16)((1u << (nv - 16)) - 1) : (__mmask16)0;     \
-  for (int r = 0; r < MR; r++) {                                                                                 \
-    _mm512_mask_storeu_ps(o + r * ldo, k0m, tot[r][0]); _mm512_mask_storeu_ps(o + r * ldo + 16, k1m, tot[r][1]);  \
-  }                                                                                                              \
-}
-NNF_WQMK(4, 4) NNF_WQMK(4, 2) NNF_WQMK(4, 1)
-NNF_WQMK(8, 4) NNF_WQMK(8, 2) NNF_WQMK(8, 1)
-#endif
-static inline int32_t nnf_wq_code(const uint8_t* row, int bits, int j) {
-  if (bits == 8) return (int32_t)(int8_t)row[j];
-  return (int32_t)((j < 16 ? row[j] : row[j - 16] >> 4) & 15) - 8;
+""" + "".join(_wq_microkernel(b, r) for b in (4, 8) for r in (4, 2, 1)) + r"""#endif
+static inline int32_t nnf_wq_code(const uint8_t* bp, int bits, int64_t k, int j) {
+  if (bits == 8) return (int32_t)(int8_t)bp[k * 32 + j];
+  uint32_t w; memcpy(&w, bp + (k / 8) * 128 + 4 * j, 4);     /* lane j of the 8-k block: nibble k % 8 */
+  return ((int32_t)(w << (28 - 4 * (k % 8)))) >> 28;
 }
 /* O[m, n0:n1] = sum_g S[g, n] * sum_{k in g} X[m, k] * Q[k, n]; n0 a multiple of 32 */
 static void nnf_wq_gemm(int bits, int64_t M, int64_t n0, int64_t n1, int64_t K, int64_t grp, const float* X, int64_t lda,
                         const uint8_t* B, const float* S, float* O, int64_t ldo) {
-  const int64_t G = K / grp, rowb = bits * 4;
+  const int64_t G = K / grp, pbytes = bits == 4 ? (K + 7) / 8 * 128 : K * 32;
   for (int64_t n = n0; n < n1; n += 32) {
-    const uint8_t* bp = B + (n / 32) * K * rowb;
+    const uint8_t* bp = B + (n / 32) * pbytes;
     const float* sp = S + (n / 32) * G * 32;
     int64_t nv = n1 - n < 32 ? n1 - n : 32;
 #if defined(NNF_WQ_AVX512)
@@ -196,8 +269,7 @@ static void nnf_wq_gemm(int bits, int64_t M, int64_t n0, int64_t n1, int64_t K, 
         float acc[32] = {0};
         for (int64_t k = g * grp; k < (g + 1) * grp; k++) {
           float xv = X[m * lda + k];
-          const uint8_t* row = bp + k * rowb;
-          for (int j = 0; j < 32; j++) acc[j] += xv * (float)nnf_wq_code(row, bits, j);
+          for (int j = 0; j < 32; j++) acc[j] += xv * (float)nnf_wq_code(bp, bits, k, j);
         }
         for (int j = 0; j < 32; j++) tot[j] += acc[j] * sp[g * 32 + j];
       }
@@ -222,16 +294,22 @@ def pack_q8(w: np.ndarray) -> np.ndarray:
 
 
 def pack_wq(q: np.ndarray, scale: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """[K, N] codes and [G, N] f32 scales -> (u8 panels [ceil(N/32)][K][bits*4], f32 scales [ceil(N/32)][G][32])."""
+    """[K, N] codes and [G, N] f32 scales -> (u8 panels (layouts above), f32 scales [ceil(N/32)][G][32])."""
     K, N = q.shape
     G = scale.shape[0]
     NP = -(-N // WQ_PANEL)
     codes = np.zeros((K, NP * WQ_PANEL), np.int16)
     codes[:, :N] = q.astype(np.int16)
     codes = codes.reshape(K, NP, WQ_PANEL).transpose(1, 0, 2)        # [NP, K, 32]
-    if bits == 4:
-        u = (codes + 8).astype(np.uint8)
-        data = (u[..., :16] | (u[..., 16:] << 4)).astype(np.uint8)
+    if bits == 4:   # [NP][ceil(K/8)][32 columns] uint32: nibble i of a lane = k % 8 == i, two's complement
+        KB = -(-K // 8)
+        nib = np.zeros((NP, KB * 8, WQ_PANEL), np.uint32)
+        nib[:, :K] = codes.astype(np.uint32) & 15
+        nib = nib.reshape(NP, KB, 8, WQ_PANEL)
+        lanes = np.zeros((NP, KB, WQ_PANEL), np.uint32)
+        for i in range(8):
+            lanes |= nib[:, :, i, :] << np.uint32(4 * i)
+        data = lanes.view(np.uint8)
     else:
         data = codes.astype(np.int8).view(np.uint8)
     sc = np.zeros((G, NP * WQ_PANEL), np.float32)
@@ -288,3 +366,11 @@ def emit_gemm(w, k) -> str:
     for j, d in enumerate(k.batch):
         out += f"  for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
     return out + "  " + call_s.lstrip()
+
+
+def emit_quant_rows(w, k) -> str:
+    """C body of a QuantRows kernel (passes/lower_quant.py): rows split across the pool."""
+    body = (f"  nnf_quant_rows(_lo, _hi, {k.k}, {w.bn(k.x.buf)} + {k.x.offset}, {k.lda}, {w.bn(k.q.buf)} + {k.q.offset}, "
+            f"{w.bn(k.out.buf)} + {k.out.offset});\n")
+    chunk = max(1, k.rows // 8) if k.rows * k.k >= 16384 else k.rows
+    return w.parallel(k.rows, chunk, body)

@@ -35,7 +35,6 @@ def add_quant_passes(names: Sequence[str], options: dict) -> list[str]:
         mine.append("decompose-quant")
         return names[:at] + mine + names[at:]
     if backend in PREPARE_PASS:
-        from .. import lower_quant     # noqa: F401  (registers prepare-quant-cpu)
         mine.append(PREPARE_PASS[backend])
     if q and at < len(names):
         mine.append("fuse-qdq")
