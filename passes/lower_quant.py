@@ -1,11 +1,11 @@
 """Quantized gemms on the cpu backend (issue 10): a graph pass that keeps the quant ops the cpu kernels run and
 decomposes the rest, and the lowerings of the kept forms to Gemm kernels whose meta["quant"] picks the C kernel
-(backends/cpu/quant_kernels.py).
+(backends/cpu/quant_kernels.py, which packs the weights into its layouts when the backend compiles).
 
   y = matmul(x, dequantize(Wq, s) {axis 0, group g})   Wq const i8|i4 [K, N], s const f32 [K/g | 1, N], no zero
-      -> Gemm(b = QuantOperand(packed codes, packed scales, group)), meta quant = "w4" | "w8"   (f32 accumulation)
+      -> Gemm(b = QuantOperand(codes, scales, group)), meta quant = "w4" | "w8"   (f32 accumulation)
   acc = matmul_integer(qa, Wq)                         qa i8, Wq const i8|i4 [K, N], no zero points
-      -> Gemm(a = qa, b = VNNI-packed Wq + colsums), meta quant = "w8a8"   (exact int32 accumulation); when the
+      -> Gemm(a = qa, b = Wq), meta quant = "w8a8"   (exact int32 accumulation); when the
          only user is cast(acc, f32) the gemm writes f32 = (float)acc and the cast, the two scale multiplies and
          any bias/activation/residual fold into its epilogue (lower.fuse_epilogues).
   qx, sx = quantize_dynamic(x) {i8, axis -1, group 0, symmetric}
@@ -26,18 +26,16 @@ from .lower import LOWERINGS, Lowering, Tensor, _operand, _reshape, broadcast, c
 from .quant.cpu_prepare import _const, int_gemm_ok, row_quant_ok, weight_only_ok
 
 # ---------------------------------------------------------------- lowerings
-def _packed(L: Lowering, key: tuple, make) -> list[Buffer]:
-    """Compile-time packed copies of a weight, one per (weight, layout): new const buffers of the program."""
-    cache = L.__dict__.setdefault("_qpacked", {})
-    if key not in cache:
-        bufs = []
-        for arr, label in make():
-            b = Buffer(f"w{len(L.consts)}", to_dtype(arr.dtype), int(arr.size), "const", len(L.consts), label=label)
-            L.consts.append(b)
-            L.const_data.append(arr)
-            bufs.append(b)
-        cache[key] = bufs
-    return cache[key]
+def _const_access(L: Lowering, v: Value) -> Access:
+    """A row-major buffer for a constant (L.const turns one-element arrays into literals; the kernels need memory)."""
+    e = L.const(v).expr
+    if isinstance(e, Load):
+        return e.access
+    arr = np.ascontiguousarray(v.data)
+    b = Buffer(f"w{len(L.consts)}", to_dtype(arr.dtype), int(arr.size), "const", len(L.consts), label=v.name)
+    L.consts.append(b)
+    L.const_data.append(arr)
+    return Access(b, 0, cstrides(arr.shape))
 
 
 def _rows(L: Lowering, a: Tensor, batch: tuple, m: int, k: int) -> Access:
@@ -63,21 +61,16 @@ def _gemm(L: Lowering, n, a: Tensor, K: int, N: int, out_dtype, make_b, meta: st
 
 
 def _weight_only(L: Lowering, n, ins, dq: Node, q: Value, s: Value) -> Tensor:
-    from ..backends.cpu.quant_kernels import pack_wq
     K, N = q.shape
     group = dq.attrs.get("group", 0)
     group = group if group > 0 else K
-    bits = 4 if q.dtype.name == "i4" else 8
-
-    def make():
-        data, sc = pack_wq(q.data.astype(np.int8), s.data.astype(np.float32).reshape(-1, N), bits)
-        return [(data, f"{q.name} [int{bits} packed]"), (sc, f"{s.name} [packed]")]
-    db, sb = _packed(L, ("wq", q.id, s.id), make)
+    qa, sa = _const_access(L, q), _const_access(L, s)      # [K, N] codes, [K/g | 1, N] scales (row-major)
 
     def make_b(nb):
         z = (0,) * nb
-        return QuantOperand(Access(db, 0, z + (0, 0)), Access(sb, 0, z + (0, 0)), group)
-    return _gemm(L, n, ins[0], K, N, to_dtype("f32"), make_b, f"w{bits}")
+        return QuantOperand(Access(qa.buf, qa.offset, z + (N, 1)), Access(sa.buf, sa.offset, z + (N if group < K else 0, 1)),
+                            group)
+    return _gemm(L, n, ins[0], K, N, to_dtype("f32"), make_b, "w4" if q.dtype.name == "i4" else "w8")
 
 
 _MATMUL = LOWERINGS["matmul"]
@@ -113,7 +106,6 @@ def _dequantize(L: Lowering, n, ins):
 
 
 def _matmul_integer(L: Lowering, n, ins):
-    from ..backends.cpu.quant_kernels import pack_q8
     qins = [L.resolve(v) for v in n.inputs]
     if not int_gemm_ok(n, qins):
         from .lower import LowerError
@@ -121,10 +113,10 @@ def _matmul_integer(L: Lowering, n, ins):
                          "s8/s4 [K, N] weight and no zero points; run prepare-quant-cpu (or decompose-quant) first")
     b = qins[1]
     K, N = b.shape
-    db, = _packed(L, ("q8", b.id), lambda: [(pack_q8(b.data.astype(np.int8)), f"{b.name} [vnni packed]")])
+    ba = _const_access(L, b)
 
     def make_b(nb):
-        return Access(db, 0, (0,) * nb + (N, 1))
+        return Access(ba.buf, ba.offset, (0,) * nb + (N, 1))
     i32, f32 = to_dtype("i32"), to_dtype("f32")
     if n.meta.get("cpu_f32_acc"):
         # exact int32 sums, converted once: the same f32 values as cast(acc, f32) in the graph

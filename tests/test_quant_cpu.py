@@ -22,7 +22,7 @@ HARNESS = r"""
 #include <string.h>
 """ + C_SOURCE + r"""
 void t_q8(int64_t M, int64_t N, int64_t K, const int8_t* A, const int8_t* B, int32_t* O) {
-  nnf_q8_gemm(M, 0, N, K, A, K, B, (N + 63) / 64, O, N);
+  nnf_q8_gemm(M, 0, N, K, A, K, nnf_q8_prep(M, K, A, K), B, (N + 63) / 64, O, N);
 }
 void t_wq(int bits, int64_t M, int64_t N, int64_t K, int64_t grp, const float* X, const uint8_t* B, const float* S, float* O) {
   nnf_wq_gemm(bits, M, 0, N, K, grp, X, K, B, S, O, N);
@@ -32,9 +32,21 @@ P = ctypes.c_void_p
 I = ctypes.c_int64
 
 
-@pytest.fixture(scope="module", params=["native", "fallback"])
+def _macros(flags) -> str:
+    import subprocess
+    r = subprocess.run([find_compiler(), *[f for f in flags if f.startswith(("-m", "-D"))], "-dM", "-E", "-"],
+                       input="", capture_output=True, text=True)
+    return r.stdout
+
+
+MODES = {"native": [], "fallback": ["-DNNF_NO_VNNI", "-DNNF_NO_AVX512_WQ"], "avx2": ["-mno-avx512f"]}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
 def lib(request):
-    flags = list(FLAGS) + (["-DNNF_NO_VNNI", "-DNNF_NO_AVX512_WQ"] if request.param == "fallback" else [])
+    flags = list(FLAGS) + MODES[request.param]
+    if request.param == "avx2" and "__AVXVNNI__" not in _macros(flags):
+        pytest.skip("this machine has no AVX-VNNI: the 256-bit path cannot run here")
     path, _, _ = build(HARNESS, flags)
     lib = load(path)
     lib.t_q8.argtypes = [I, I, I, P, P, P]
@@ -67,12 +79,12 @@ def test_q8_gemm_exact(lib, m, n, k):
 
 
 def test_paths_reported(lib):
-    want = "scalar" if lib.mode == "fallback" else None
-    for f in ("nnf_q8_path", "nnf_wq_path"):
-        p = getattr(lib, f)().decode()
-        assert p in ("avx512vnni", "avx512", "scalar")
-        if want:
-            assert p == want
+    q8, wq = lib.nnf_q8_path().decode(), lib.nnf_wq_path().decode()
+    assert q8 in ("avx512vnni", "avxvnni", "scalar") and wq in ("avx512", "scalar")
+    if lib.mode == "fallback":
+        assert (q8, wq) == ("scalar", "scalar")
+    if lib.mode == "avx2":
+        assert (q8, wq) == ("avxvnni", "scalar")
 
 
 @pytest.mark.parametrize("bits", [4, 8])

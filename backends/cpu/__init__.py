@@ -165,6 +165,8 @@ def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_thre
     program = lower(graph)
     from .bf16 import pack_program, report_path
     pack_program(program)   # bf16 weights packed for the micro-kernel, once (issue 12)
+    from .quant_kernels import pack_program as pack_quant
+    pack_quant(program)     # int8 / int4 weights packed for the quantized kernels, once (issue 10)
     src = generate(program, profile)
     path, hit, secs = build(src)
     exe = CpuExecutable(program, src, path, hit, secs, threads, auto_threads)

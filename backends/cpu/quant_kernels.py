@@ -11,6 +11,8 @@ a Gemm kernel whose meta["quant"] is set by passes/lower_quant.py.
   two's complement; a shift pair sign-extends it, no table, no byte shuffles); int8 = [K][32] bytes. Scales
   [G][32] f32 per panel (G = K / group; per-channel: G = 1). Each group's partial sums are scaled once:
   sum_g s[g, n] * sum_{k in g} x[k] * q[k, n].
+  int8 paths: AVX-512 VNNI (6x64 register tile), AVX-VNNI (256-bit, 16 registers: MR x 32 per half panel, same
+  packed layout), else a scalar loop; no AMX tile path yet (the int8 AMX kernel would take the same packed B).
 The path is chosen by the compiler's target macros under -march=native (`nnf_q8_path` / `nnf_wq_path` report it);
 define NNF_NO_VNNI / NNF_NO_AVX512_WQ to force the fallback (the tests compare both).
 """
@@ -40,6 +42,22 @@ def _q8_microkernel(mr: int) -> str:
     return (f"static __attribute__((noinline, noclone)) void nnf_q8mk{mr}(int64_t KG, const uint8_t* a, int64_t lda, "
             f"const int8_t* bp, int32_t* t) {{\n{decl}"
             f"  for (int64_t g = 0; g < KG; g++) {{\n{step}  }}\n{store}}}\n")
+
+
+def _q8_microkernel_avx(mr: int) -> str:
+    """AVX-VNNI (256-bit, 16 ymm registers): MR rows x 32 columns (half h of a 64-column panel), 4*MR accumulators."""
+    acc = [[f"c{r}{j}" for j in range(4)] for r in range(mr)]
+    decl = "  __m256i " + ", ".join(f"{c} = _mm256_setzero_si256()" for row in acc for c in row) + ";\n"
+    step = ("    const int8_t* bb = bp + g * 256 + h * 128;\n"
+            + "".join(f"    __m256i b{j} = _mm256_loadu_si256((const __m256i*)(bb + {32 * j}));\n" for j in range(4)))
+    for r in range(mr):
+        step += (f"    {{ int32_t w; memcpy(&w, a + {r} * lda + 4 * g, 4); __m256i av = _mm256_set1_epi32(w);\n"
+                 + "".join(f"      {acc[r][j]} = _mm256_dpbusd_avx_epi32({acc[r][j]}, av, b{j});\n" for j in range(4)) + "    }\n")
+    store = "".join(f"  _mm256_storeu_si256((__m256i*)(t + {64 * r} + 32 * h + {8 * j}), {acc[r][j]});\n"
+                    for r in range(mr) for j in range(4))
+    return (f"static __attribute__((noinline, noclone)) void nnf_q8mk{mr}(int64_t KG, const uint8_t* a, int64_t lda, "
+            f"const int8_t* bp, int32_t* t) {{\n  for (int h = 0; h < 2; h++) {{\n{decl}"
+            f"  for (int64_t g = 0; g < KG; g++) {{\n{step}  }}\n{store}  }}\n}}\n")
 
 
 def _wq_microkernel(bits: int, mr: int) -> str:
@@ -117,6 +135,10 @@ C_SOURCE = r"""
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && !defined(NNF_NO_VNNI)
 #define NNF_Q8_VNNI 1
 const char* nnf_q8_path(void) { return "avx512vnni"; }
+#elif defined(__AVXVNNI__) && !defined(NNF_NO_VNNI)
+#define NNF_Q8_VNNI 1
+#define NNF_Q8_AVXVNNI 1
+const char* nnf_q8_path(void) { return "avxvnni"; }
 #else
 const char* nnf_q8_path(void) { return "scalar"; }
 #endif
@@ -126,7 +148,8 @@ const char* nnf_wq_path(void) { return "avx512"; }
 #else
 const char* nnf_wq_path(void) { return "scalar"; }
 #endif
-#if defined(NNF_Q8_VNNI)
+#if defined(NNF_Q8_AVXVNNI)
+""" + "".join(_q8_microkernel_avx(r) for r in (2, 1)) + r"""#elif defined(NNF_Q8_VNNI)
 /* c += dot4(u8 a, s8 b) per 32-bit lane. As asm with the accumulator in-out: with the intrinsic gcc copied the
    accumulators around and spilled them to the stack. */
 #define NNF_DPBUSD(c, a, b) __asm__("vpdpbusd %[bv], %[av], %[cv]" : [cv] "+v"(c) : [av] "v"(a), [bv] "v"(b))
@@ -144,31 +167,45 @@ static inline void nnf_q8_merge(int mr, const int32_t* t, int32_t* o, int64_t ld
   }
 }
 #endif
-/* O[m, n0:n1] = int32 (A[m, :] @ W[:, n0:n1]); n0 a multiple of 64; B packed (see above), NP panels */
-static void nnf_q8_gemm(int64_t M, int64_t n0, int64_t n1, int64_t K, const int8_t* A, int64_t lda,
-                        const int8_t* B, int64_t NP, int32_t* O, int64_t ldo) {
-  const int64_t KG = (K + 3) / 4;
+/* A + 128 as u8 (vpdpbusd's unsigned operand), rows padded to 4*ceil(K/4) with zeros (their weights are 0), in a
+   scratch buffer grown on demand and kept. Done once per gemm, before the threads split N. Model calls do not
+   overlap (they share the arena), so one buffer serves every kernel. */
+static uint8_t* nnf_q8_scratch = 0;
+static int64_t nnf_q8_cap = 0;
+static const uint8_t* nnf_q8_prep(int64_t M, int64_t K, const int8_t* A, int64_t lda) {
 #if defined(NNF_Q8_VNNI)
-  const int32_t* cs = (const int32_t*)(B + NP * KG * 256);
-  /* A + 128 as u8 (vpdpbusd's unsigned operand), rows padded to 4*KG with zeros (their weights are 0) */
-  const int64_t la = 4 * KG;
-  /* per-thread scratch, grown on demand and kept (no malloc/mmap churn per call) */
-  static __thread uint8_t* scratch = 0; static __thread int64_t cap = 0;
-  if (M * la > cap) {
-    uint8_t* p = (uint8_t*)realloc(scratch, (size_t)(M * la));
-    if (!p) { for (int64_t m = 0; m < M; m++) for (int64_t n = n0; n < n1; n++) O[m * ldo + n] = 0; return; }
-    scratch = p; cap = M * la;
+  const int64_t la = (K + 3) / 4 * 4;
+  if (M * la > nnf_q8_cap) {
+    uint8_t* p = (uint8_t*)realloc(nnf_q8_scratch, (size_t)(M * la));
+    if (!p) return 0;
+    nnf_q8_scratch = p; nnf_q8_cap = M * la;
   }
-  uint8_t* au = scratch;
   for (int64_t m = 0; m < M; m++) {
-    const int8_t* a = A + m * lda; uint8_t* d = au + m * la;
+    const int8_t* a = A + m * lda; uint8_t* d = nnf_q8_scratch + m * la;
     for (int64_t k = 0; k < K; k++) d[k] = (uint8_t)(a[k] ^ (int8_t)0x80);
     for (int64_t k = K; k < la; k++) d[k] = 0;
   }
+  return nnf_q8_scratch;
+#else
+  (void)M; (void)K; (void)A; (void)lda; return (const uint8_t*)1;
+#endif
+}
+/* O[m, n0:n1] = int32 (A[m, :] @ W[:, n0:n1]); n0 a multiple of 64; B packed (see above), NP panels;
+   au = nnf_q8_prep(A) (the VNNI path reads it, the fallback reads A) */
+static void nnf_q8_gemm(int64_t M, int64_t n0, int64_t n1, int64_t K, const int8_t* A, int64_t lda, const uint8_t* au,
+                        const int8_t* B, int64_t NP, int32_t* O, int64_t ldo) {
+  const int64_t KG = (K + 3) / 4;
+  if (!au) { for (int64_t m = 0; m < M; m++) for (int64_t n = n0; n < n1; n++) O[m * ldo + n] = 0; return; }
+#if defined(NNF_Q8_VNNI)
+  const int32_t* cs = (const int32_t*)(B + NP * KG * 256);
+  const int64_t la = 4 * KG;
+  (void)A; (void)lda;
+#else
+  (void)au;
 #endif
 #if defined(NNF_Q8_VNNI)
-  /* K blocks of 4*QKG bytes: a 64-column panel block (16 KiB) stays in L1 for all the row blocks */
-  const int64_t QKG = 64;
+  /* K blocks of 4*QKG bytes: a 64-column panel block (32 KiB) stays in L1 for all the row blocks */
+  const int64_t QKG = 128;
   int32_t tile[6 * 64] __attribute__((aligned(64)));
   for (int64_t n = n0; n < n1; n += 64) {
     const int8_t* bp = B + (n / 64) * KG * 256;
@@ -181,10 +218,12 @@ static void nnf_q8_gemm(int64_t M, int64_t n0, int64_t n1, int64_t K, const int8
       int64_t m = 0;
 #define NNF_Q8_TILE(MR) { nnf_q8mk##MR(kg, ak + m * la, la, bk, tile); \
         nnf_q8_merge(MR, tile, O + m * ldo + n, ldo, nv, cs + n, first, last); }
+#if !defined(NNF_Q8_AVXVNNI)
       /* 6-row blocks; a remainder of 2 is better as 4 + 4 than 6 + 2 (M = 32: 4x6 + 2x4, no 2-row kernel) */
       int64_t m6 = M % 6 == 2 && M >= 8 ? M - 8 : M;
       for (; m + 6 <= m6; m += 6) NNF_Q8_TILE(6)
       for (; m + 4 <= M; m += 4) NNF_Q8_TILE(4)
+#endif
       for (; m + 2 <= M; m += 2) NNF_Q8_TILE(2)
       for (; m < M; m++) NNF_Q8_TILE(1)
 #undef NNF_Q8_TILE
@@ -317,10 +356,59 @@ def pack_wq(q: np.ndarray, scale: np.ndarray, bits: int) -> tuple[np.ndarray, np
     return np.ascontiguousarray(data).reshape(-1), np.ascontiguousarray(sc.reshape(G, NP, WQ_PANEL).transpose(1, 0, 2)).reshape(-1)
 
 
+def _matrix(p, acc, rows: int, cols: int) -> np.ndarray:
+    """The [rows, cols] matrix an access reads (strides of its last two axes; leading axes are broadcast)."""
+    src = p.const_data[acc.buf.index].reshape(-1)
+    item = src.itemsize
+    view = np.lib.stride_tricks.as_strided(src[acc.offset:], (rows, cols), (acc.strides[-2] * item, acc.strides[-1] * item))
+    return np.array(view)
+
+
+def pack_program(p) -> int:
+    """Give every quantized gemm (meta["quant"], set by passes/lower_quant.py) its weights in the kernel's packed
+    layout, as new const buffers, at compile time; shared weights are packed once."""
+    from ...ir.dtypes import dtype as to_dtype
+    from ...ir.kernel import Access, Buffer, QuantOperand
+    done: dict = {}
+
+    def add(arr: np.ndarray, label: str):
+        b = Buffer(f"w{len(p.consts)}", to_dtype(arr.dtype), int(arr.size), "const", len(p.consts), label=label)
+        p.consts.append(b)
+        p.const_data.append(arr)
+        return b
+    n = 0
+    for k in p.kernels:
+        kind = k.meta.get("quant")
+        if not kind or k.meta.get("quant_packed"):
+            continue
+        z = (0,) * len(k.batch)
+        if kind == "w8a8":
+            key = ("q8", id(k.b.buf), k.b.offset, k.b.strides, k.k, k.n)
+            if key not in done:
+                done[key] = add(pack_q8(_matrix(p, k.b, k.k, k.n).astype(np.int8)), f"{k.b.buf.label} [vnni packed]")
+            k.b = Access(done[key], 0, z + (0, 0))
+        else:
+            q = k.b
+            key = ("wq", id(q.data.buf), q.data.offset, id(q.scale.buf), q.scale.offset, k.k, k.n, q.group)
+            if key not in done:
+                codes = _matrix(p, q.data, k.k, k.n).astype(np.int8)
+                scales = _matrix(p, q.scale, k.k // q.group, k.n).astype(np.float32)
+                data, sc = pack_wq(codes, scales, 4 if kind == "w4" else 8)
+                done[key] = (add(data, f"{q.data.buf.label} [{kind} packed]"), add(sc, f"{q.scale.buf.label} [packed]"))
+            db, sb = done[key]
+            k.b = QuantOperand(Access(db, 0, z + (0, 0)), Access(sb, 0, z + (0, 0)), q.group)
+        k.meta["quant_packed"] = True
+        n += 1
+    return n
+
+
 # ---------------------------------------------------------------- C body of a quantized Gemm kernel
 def emit_gemm(w, k) -> str:
     """Threads take chunks of columns (whole panels); each applies the fused epilogue to its own slice."""
     kind = k.meta["quant"]
+    if not k.meta.get("quant_packed"):
+        from .codegen import CodegenError
+        raise CodegenError(f"kernel {k.name}: quantized gemm weights are not packed (quant_kernels.pack_program runs first)")
     A, O = k.a, k.out
     nb = len(k.batch)
     bn_ = [f"b{j}" for j in range(nb)]
@@ -336,7 +424,8 @@ def emit_gemm(w, k) -> str:
     if kind == "w8a8":
         panel = Q8_PANEL
         np_ = -(-k.n // Q8_PANEL)
-        call = (f"nnf_q8_gemm({k.m}, _n0, _n1, {k.k}, {a_ptr}, {lda}, {w.bn(k.b.buf)}, {np_}, (int32_t*)_O, {ldo});")
+        call = (f"nnf_q8_gemm({k.m}, _n0, _n1, {k.k}, {a_ptr}, {lda}, (const uint8_t*)(intptr_t)_au, {w.bn(k.b.buf)}, "
+                f"{np_}, (int32_t*)_O, {ldo});")
         # the kernel left exact int32 sums in the output slice; the epilogue (cast, scales, bias, ...) reads them back
         ld = "int32_t _acc; memcpy(&_acc, &_row[_n], 4);"
         otype = "float" if O.buf.dtype.name == "f32" else "int32_t"
@@ -361,7 +450,11 @@ def emit_gemm(w, k) -> str:
             f"    {otype}* _O = {w.bn(O.buf)} + {base(O)};\n"
             f"    int64_t _n0 = _ch * {chunk}, _n1 = _n0 + {chunk} < {k.n} ? _n0 + {chunk} : {k.n};\n"
             f"    {call}\n    {epi_loop}\n  }}\n")
-    call_s = w.parallel(nch, 1 if work >= 32768 else nch, body, tuple(bn_))
+    extras = tuple(bn_) + (("_au",) if kind == "w8a8" else ())
+    call_s = w.parallel(nch, 1 if work >= 32768 else nch, body, extras)
+    if kind == "w8a8":   # the activation, shifted to u8 once, before the threads split N
+        call_s = (f"  {{ int64_t _au = (int64_t)(intptr_t)nnf_q8_prep({k.m}, {k.k}, {a_ptr}, {lda});\n"
+                  f"  {call_s.strip()}\n  }}\n")
     out = ""
     for j, d in enumerate(k.batch):
         out += f"  for (int64_t {bn_[j]} = 0; {bn_[j]} < {d}; {bn_[j]}++)\n"
