@@ -83,6 +83,9 @@ class CpuExecutable:
     # ---- thread count: on a shared machine an OpenMP team waits at every barrier for its slowest (descheduled)
     # thread; measured 2.5x slower than one thread under load. So when threads were not fixed by the user, the
     # executable times both settings on its first calls, keeps the faster, and re-probes the other now and then.
+    # It compares the best recent time of each setting, not the median: a burst of interference (another runtime's
+    # worker threads still spinning after its own call, as onnxruntime's do) must not lock in one thread, while a
+    # core that stays busy slows every 2-thread call and still shows.
     def _pick_threads(self) -> int:
         if not self._auto:
             return self.threads
@@ -91,9 +94,9 @@ class CpuExecutable:
         if c < 6:
             n = self.threads if c % 2 == 0 else 1
         else:
-            med = {k: float(np.median(v)) for k, v in self._times.items() if v}
-            best = min(med, key=med.get) if len(med) == 2 else self.threads
-            n = (1 if best != 1 else self.threads) if c % 25 == 0 else best
+            fastest = {k: min(v) for k, v in self._times.items() if v}
+            best = min(fastest, key=fastest.get) if len(fastest) == 2 else self.threads
+            n = (1 if best != 1 else self.threads) if c % 10 == 0 else best
         if n != self._cur:
             self.lib.nnf_set_threads(ctypes.c_int(n))
             self._cur = n
