@@ -13,21 +13,14 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 import warnings
 
 import numpy as np
 
 
 def median_ms(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
+    from nnfuse.timing import median_latency
+    return median_latency(fn, n=repeat) * 1e3
 
 
 def main(argv=None) -> int:

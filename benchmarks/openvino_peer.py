@@ -12,21 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from typing import Optional
 
 import numpy as np
 
 
-def _median(fn, n: int = 20, warm: int = 3) -> float:
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+from nnfuse.timing import median_latency as _median
 
 
 def openvino_compile(path: str, threads: int, precision: Optional[str] = None):

@@ -21,15 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 
-def median_latency(fn, n: int = 20, warm: int = 3) -> float:
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+from nnfuse.timing import median_latency  # noqa: E402
 
 
 def ort_session(path: str, threads: int):

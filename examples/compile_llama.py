@@ -7,24 +7,17 @@ the pass statistics, and the latency against PyTorch eager.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
 import transformers
 
 import nnfuse
+from nnfuse.timing import median_latency
 
 
 def median_ms(fn, x, repeat: int) -> float:
-    fn(x)  # warm up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_latency(lambda: fn(x), n=repeat, warm=1) * 1e3
 
 
 def main() -> None:

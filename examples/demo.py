@@ -18,6 +18,7 @@ import numpy as np
 warnings.filterwarnings("ignore")
 import nnfuse  # noqa: E402
 from nnfuse.ir import NnfuseError  # noqa: E402
+from nnfuse.timing import median_latency  # noqa: E402
 
 
 def banner(s: str) -> None:
@@ -25,14 +26,7 @@ def banner(s: str) -> None:
 
 
 def median_ms(fn, n: int = 10, warm: int = 2) -> float:
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e3
+    return median_latency(fn, n, warm) * 1e3
 
 
 def best_backend(model, args) -> tuple[str, "nnfuse.CompiledModel"]:
