@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional, Union
+from typing import Iterator, NamedTuple, Optional, Union
 
 from .dtypes import DType, dtype as to_dtype
 from .errors import NnfuseError
@@ -299,6 +299,21 @@ class Gemm(Kernel):
         return [self.a, b]
 
 
+class ConvGeometry(NamedTuple):
+    """What every backend's conv writer derives from a Conv kernel."""
+    n: int
+    c: int                 # input channels
+    m: int                 # output channels
+    in_spatial: tuple
+    out_spatial: tuple
+    kernel: tuple
+    groups: int
+    cg: int                # input channels per group
+    mg: int                # output channels per group
+    taps: int              # kernel elements per channel (prod(kernel), at least 1)
+    transpose: bool
+
+
 @dataclass(eq=False)
 class Conv(Kernel):
     """2-D convolution, NCHW input, OIHW weight (grouped), fused epilogue over vars (n, o, y, x)."""
@@ -324,6 +339,15 @@ class Conv(Kernel):
 
     def extra_reads(self):
         return [self.x, self.w]
+
+    def geometry(self) -> ConvGeometry:
+        n, c = self.in_shape[:2]
+        m, g = self.out_shape[1], self.group
+        taps = 1
+        for d in self.kernel:
+            taps *= d
+        return ConvGeometry(n, c, m, tuple(self.in_shape[2:]), tuple(self.out_shape[2:]), tuple(self.kernel), g,
+                            c // g, m // g, max(taps, 1), bool(self.meta.get("transpose")))
 
 
 @dataclass(eq=False)

@@ -732,21 +732,17 @@ class KernelWriter:
             return emit_conv(self, k)
         if comp(k.out.buf.dtype) != "float" or ctype(k.x.buf.dtype) != "float" or ctype(k.w.buf.dtype) != "float":
             raise CodegenError("conv is supported for f32 only on the cpu backend")
-        nd = len(k.kernel)
-        N, C = k.in_shape[:2]
-        M = k.out_shape[1]
-        isp, osp, ks = tuple(k.in_shape[2:]), tuple(k.out_shape[2:]), tuple(k.kernel)
-        G = k.group
+        geo = k.geometry()
+        nd = len(geo.kernel)
+        N, C, M, G, Cg, Mg, KK, tr = geo.n, geo.c, geo.m, geo.groups, geo.cg, geo.mg, geo.taps, geo.transpose
+        isp, osp, ks = geo.in_spatial, geo.out_spatial, geo.kernel
         X, Wt, O = k.x, k.w, k.out
         sxn, sxc = X.strides[0], X.strides[1]
         son, som = O.strides[0], O.strides[1]
         x, w, o = self.bn(X.buf), self.bn(Wt.buf), self.bn(O.buf)
-        KK = math.prod(ks)
-        tr = k.meta.get("transpose", False)
         # im2col/col2im geometry: "small" is the side indexed by the kernel taps (output for conv, input for transpose)
         small, big = (osp, isp) if not tr else (isp, osp)
         SP, BP = math.prod(small), math.prod(big)
-        Cg, Mg = C // G, M // G
         s = f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
         s += f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
         s += f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"

@@ -411,14 +411,10 @@ class KernelWriter:
     def conv(self):
         """Direct convolution (1-3 spatial dims, grouped, optionally transposed): one thread per output element."""
         k: Conv = self.k
-        tr = bool(k.meta.get("transpose"))
-        N_, C = k.in_shape[:2]
-        M = k.out_shape[1]
-        IS, OS, KS = list(k.in_shape[2:]), list(k.out_shape[2:]), list(k.kernel)
+        geo = k.geometry()
+        tr, N_, C, M, G, Cg, Mg, KK = geo.transpose, geo.n, geo.c, geo.m, geo.groups, geo.cg, geo.mg, geo.taps
+        IS, OS, KS = list(geo.in_spatial), list(geo.out_spatial), list(geo.kernel)
         nd = len(OS)
-        G = k.group
-        Cg, Mg = C // G, M // G
-        KK = max(math.prod(KS), 1)
         X, Wt, O = k.x, k.w, k.out
         sx, swt = X.strides, Wt.strides
         total = max(math.prod(k.out_shape), 1)

@@ -351,14 +351,10 @@ class Writer:
         """Implicit GEMM per (image, group): [Mg out channels] x [output pixels], K = Cg * prod(kernel) gathered
         from x on the fly (1-3 spatial dims; transposed convs gather the inputs that land on each output pixel)."""
         k: Conv = self.k
-        tr = bool(k.meta.get("transpose"))
-        N_, C = k.in_shape[:2]
-        M = k.out_shape[1]
-        IS, OS, KS = list(k.in_shape[2:]), list(k.out_shape[2:]), list(k.kernel)
+        geo = k.geometry()
+        tr, N_, C, M, G, Cg, Mg, KK = geo.transpose, geo.n, geo.c, geo.m, geo.groups, geo.cg, geo.mg, geo.taps
+        IS, OS, KS = list(geo.in_spatial), list(geo.out_spatial), list(geo.kernel)
         nd = len(OS)
-        G = k.group
-        Cg, Mg = C // G, M // G
-        KK = max(math.prod(KS), 1)
         Kd, P = Cg * KK, max(math.prod(OS), 1)
         X, Wt, O = k.x, k.w, k.out
         conv, acc_t, dot = self.dot_types(Wt.buf.dtype, X.buf.dtype)
