@@ -95,6 +95,47 @@ def _dump_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape")
 
 
+# ---------------------------------------------------------------- compile
+@command("compile", "compile a model for a backend: optimize, lower, build; report the passes and the program")
+def cmd_compile(args: argparse.Namespace) -> int:
+    import time
+    from .api import compile as nn_compile
+    opts = {}
+    if args.input_shape:
+        opts["input_shapes"] = parse_input_shapes(args.input_shape)
+    for key in ("precision", "quantize"):
+        if getattr(args, key):
+            opts[key] = getattr(args, key)
+    if sys.stderr.isatty():   # progress for a person watching; scripts get only the result (or one error line)
+        err(f"compiling {args.model} for {args.backend} at O{args.opt_level} ...")
+    t0 = time.perf_counter()
+    cm = nn_compile(args.model, backend=args.backend, opt_level=args.opt_level, **opts)
+    st = cm.stats()
+    out(cm.report.table() if cm.report is not None and cm.report.results else "(no passes ran)")
+    out("")
+    rows = [("nodes after passes", st["nodes"]), ("compile seconds", f"{time.perf_counter() - t0:.2f}")]
+    for key in ("kernels", "kernel_kinds", "arena_bytes", "naive_bytes", "cache_hit", "threads"):
+        if key in st:
+            rows.append((key.replace("_", " "), st[key]))
+    for k, v in rows:
+        out(f"{k:20s} {v}")
+    if args.output:
+        cm.save(args.output)
+        err(f"wrote {args.output} (reload with nnfuse.load or `nnfuse run {args.output} --backend {args.backend}`)")
+    return 0
+
+
+@cmd_compile.args
+def _compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .onnx, .mlir or .nnir file")
+    p.add_argument("--backend", default="cpu", help="cpu (default), triton, cuda, reference, mlir, onnx")
+    p.add_argument("-O", dest="opt_level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level (default 2)")
+    p.add_argument("-o", "--output", help="save the optimized graph here (.nnir + weights beside it)")
+    p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2", help="fix an input's shape (repeatable)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="compute precision policy (default fp32)")
+    p.add_argument("--quantize", metavar="SCHEME", help="quantization scheme, e.g. w8a8, w4g128 (see docs/quantization.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnfuse", description="nnfuse: a compiler and IR toolkit for neural-network graphs")
     p.add_argument("--version", action="version", version=f"nnfuse {__version__}")

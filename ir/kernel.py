@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple, Optional, Union
 
+import numpy as np
+
 from .dtypes import DType, dtype as to_dtype
 from .errors import NnfuseError
 
@@ -396,6 +398,17 @@ class Program:
     naive_bytes: int = 0
     output_shapes: list = field(default_factory=list)
     output_aliases: dict = field(default_factory=dict)   # output index -> ("input"|"const"|"output", index): copy, no kernel
+    # runtime checks: (output index, message). Each is an extra i32 output (after the graph's outputs) that a kernel
+    # sets nonzero when the check fails (e.g. a gather index out of range); `finish` turns it into an error.
+    checks: list = field(default_factory=list)
+
+    def finish(self, outs: list) -> list:
+        """The graph's outputs of one run, after raising the first failed runtime check."""
+        n = len(outs) - len(self.checks)
+        for i, msg in self.checks:
+            if np.asarray(outs[i]).any():
+                raise NnfuseError(msg)
+        return outs[:n]
 
     def __str__(self) -> str:
         return print_program(self)

@@ -153,6 +153,8 @@ class Lowering:
         self.cur_op = ""
         self.uses: dict[int, int] = {}
         self._const_buf: dict[int, Tensor] = {}
+        self.checks: list[tuple[Buffer, str]] = []
+        self.node = None
 
     # ---- buffers
     def temp(self, dt: DType, n: int) -> Buffer:
@@ -242,7 +244,7 @@ class Lowering:
             raise LowerError(f"not supported on cpu backend: ops {', '.join(unsupported)} "
                              "(use backend='reference' for these models)")
         for n, region in flat:
-            self.region, self.cur_op = region, n.op
+            self.region, self.cur_op, self.node = region, n.op, n
             ts = self.lower_node(n)
             for v, t in zip(n.outputs, ts):
                 if self.uses.get(v.id, 0) > 1 and not isinstance(t.expr, (Load, Const)):
@@ -251,6 +253,9 @@ class Lowering:
                 self.env[v.id] = t
         self.region, self.cur_op = "", "output"
         outputs = self.lower_outputs(outs)
+        for b, _ in self.checks:
+            b.name, b.index = f"out{len(outputs)}", len(outputs)
+            outputs.append(b)
         fuse_epilogues(self.kernels)
         for k in self.kernels:
             if isinstance(k, Gemm):
@@ -267,7 +272,8 @@ class Lowering:
             b.name, b.index = f"t{i}", i
         arena, naive = plan_memory(self.kernels, temps)
         p = Program(g.name, self.kernels, self.inputs, outputs, self.consts, temps, self.const_data, arena, naive,
-                    [tuple(v.shape) for v in outs])
+                    [tuple(v.shape) for v in outs] + [(1,)] * len(self.checks),
+                    checks=[(b.index, msg) for b, msg in self.checks])
         verify_program(p)
         return p
 
@@ -284,6 +290,22 @@ class Lowering:
 
     def supported(self, n) -> bool:
         return n.op in LOWERINGS or (n.op in OPS and OPS[n.op].kind in ("unary", "binary"))
+
+    def checked_index(self, idx: Expr, shape: tuple, size: int, what: str) -> Expr:
+        """`idx` (over `shape`) as an in-range index into an axis of `size`: negatives wrap, and a runtime check reports
+        any index outside [-size, size) as an error (the index is clamped, so no kernel reads out of bounds)."""
+        i64, b1 = to_dtype("i64"), to_dtype("bool")
+        if idx.dtype != i64:
+            idx = mkop("cast", i64, idx, to="i64")
+        bad = mkop("or", b1, mkop("lt", b1, idx, Const(i64, -size)), mkop("ge", b1, idx, Const(i64, size)))
+        flag = Buffer("check", to_dtype("i32"), 1, "output", -1)
+        self.emit(Reduce(domain=(), rdomain=tuple(shape) or (1,), combine="max", body=mkop("cast", to_dtype("i32"), bad, to="i32"),
+                         out=Access(flag, 0, ())))
+        n = self.node
+        where = f"node '{n.meta.get('loc') or n.outputs[0].name}' ({n.op})" if n is not None else f"op {self.cur_op}"
+        self.checks.append((flag, f"{where}: {what} index out of range [-{size}, {size})"))
+        wrapped = mkop("where", i64, mkop("lt", b1, idx, Const(i64, 0)), mkop("add", i64, idx, Const(i64, size)), idx)
+        return mkop("clip", i64, wrapped, min=0, max=size - 1)
 
     def lower_outputs(self, outs: list[Value]) -> list[Buffer]:
         bufs, claimed = [], set()
@@ -421,12 +443,8 @@ def _gather(L, n, ins):
     xa = L.access(x)
     ir = len(idx.shape)
     strides = list(xa.strides[:ax]) + [0] * ir + list(xa.strides[ax + 1:])
-    ie = remap(idx.expr, [(ax + j, 1, 0) for j in range(ir)], r)
-    i64 = to_dtype("i64")
-    if ie.dtype != i64:
-        ie = mkop("cast", i64, ie, to="i64")
-    dim = Const(i64, int(x.shape[ax]))
-    ie = mkop("where", i64, mkop("lt", to_dtype("bool"), ie, Const(i64, 0)), mkop("add", i64, ie, dim), ie)
+    ie = remap(L.checked_index(idx.expr, idx.shape, int(x.shape[ax]), f"{n.op} axis {ax}"),
+               [(ax + j, 1, 0) for j in range(ir)], r)
     return [Tensor(shape, Load(x.dtype, Access(xa.buf, xa.offset, tuple(strides)), ((ie, xa.strides[ax]),)))]
 
 

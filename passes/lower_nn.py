@@ -90,8 +90,7 @@ def _gather_elements(L, n, ins):
     ax = norm_axis(n.attrs.get("axis", 0), len(x.shape), n.op)
     shape = tuple(n.outputs[0].shape)
     acc = L.access(x)
-    ie = idx.expr if idx.dtype == I64 else mkop("cast", I64, idx.expr, to="i64")
-    ie = mkop("where", I64, mkop("lt", BOOL, ie, _i(0)), mkop("add", I64, ie, _i(x.shape[ax])), ie)
+    ie = L.checked_index(idx.expr, idx.shape, int(x.shape[ax]), f"{n.op} axis {ax}")
     strides = tuple(0 if k == ax else s for k, s in enumerate(acc.strides))
     return [Tensor(shape, Load(x.dtype, Access(acc.buf, acc.offset, strides), ((ie, acc.strides[ax]),)))]
 

@@ -38,7 +38,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-@pytest.mark.parametrize("cmd", ["inspect", "optimize", "verify", "dump"])
+@pytest.mark.parametrize("cmd", ["inspect", "optimize", "verify", "dump", "compile"])
 def test_bad_input_gets_one_clear_error(case, cmd, tmp_path, capsys):
     data, msg = BAD[case]
     p = tmp_path / f"{case}.onnx"
@@ -190,3 +190,18 @@ def test_verify_refuses_inputs_of_the_wrong_kind_and_reports_ort_failures(tmp_pa
     np.savez(tmp_path / "oob.npz", ids=np.array([3, 99]))
     assert main(["verify", p, "--inputs", str(tmp_path / "oob.npz")]) == 1
     _one_error(capsys, "onnxruntime failed to run")
+
+
+def test_compile_reports_and_saves_a_reloadable_model(tmp_path, capsys):
+    import nnfuse
+    p = tmp_path / "m.onnx"
+    w = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    onnx.save(model([N("MatMul", ["x", "w"], ["t"]), N("Relu", ["t"], ["y"])], [X("x")], [vi("y", [2, 4])], [init("w", w)]), p)
+    o = tmp_path / "m.nnir"
+    assert main(["compile", str(p), "--backend", "cpu", "-o", str(o)]) == 0
+    text = capsys.readouterr().out
+    assert "fuse-gemm" in text and "kernels" in text and "arena bytes" in text
+    cm = nnfuse.load(str(o))
+    assert cm.backend == "cpu"
+    x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(cm(x)), np.maximum(x @ w, 0), rtol=1e-5, atol=1e-6)

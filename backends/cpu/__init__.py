@@ -78,7 +78,7 @@ class CpuExecutable:
         self._record(n, time.perf_counter() - t0)
         if rc != 0:
             raise NnfuseError(f"cpu backend: model run failed (code {rc})")
-        return outs
+        return p.finish(outs)
 
     # ---- thread count: on a shared machine an OpenMP team waits at every barrier for its slowest (descheduled)
     # thread; measured 2.5x slower than one thread under load. So when threads were not fixed by the user, the

@@ -95,7 +95,7 @@ class CudaExecutable:
         if rc != 0:
             raise NnfuseError(f"cuda backend: kernel launch failed (cudaError {rc})")
         torch.cuda.synchronize()
-        return [to_numpy(o[: int(np.prod(shape))].reshape(shape)) for o, shape in zip(self._outs, p.output_shapes)]
+        return p.finish([to_numpy(o[: int(np.prod(shape))].reshape(shape)) for o, shape in zip(self._outs, p.output_shapes)])
 
     def source(self) -> str:
         return self._src

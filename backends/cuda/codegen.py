@@ -188,8 +188,9 @@ class KernelWriter:
         comb = k.combine
         if comb == "sum" and not isf:
             c = "int64_t"
-        lo = "-INFINITY" if isf else "INT64_MIN"
-        hi = "INFINITY" if isf else "INT64_MAX"
+        lo, hi = ("-INFINITY", "INFINITY") if isf else {
+            "int64_t": ("INT64_MIN", "INT64_MAX"), "int32_t": ("INT32_MIN", "INT32_MAX"), "int16_t": ("INT16_MIN", "INT16_MAX"),
+            "int8_t": ("INT8_MIN", "INT8_MAX"), "uint8_t": ("0", "UINT8_MAX")}.get(c, ("INT64_MIN", "INT64_MAX"))
         em = self.emitter(names)
         v = em.expr(k.body)
         arg = comb in ("argmax", "argmin")

@@ -72,7 +72,7 @@ class TritonExecutable:
         for i, (kind, j) in p.output_aliases.items():
             src = {"input": ins, "const": self._weights, "output": self._outs}[kind][j]
             self._outs[i].copy_(src.reshape(-1)[: self._outs[i].numel()])
-        return [to_numpy(o[: int(np.prod(shape))].reshape(shape)) for o, shape in zip(self._outs, p.output_shapes)]
+        return p.finish([to_numpy(o[: int(np.prod(shape))].reshape(shape)) for o, shape in zip(self._outs, p.output_shapes)])
 
     def source(self) -> str:
         return self._src

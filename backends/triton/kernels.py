@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ...ir.kernel import (Access, Attention, Conv, Gemm, Kernel, Pointwise, QuantOperand, Reduce, RowNorm)
 from .expr import Emitter, TritonCodegenError, comp_type, store_value, tl_type
 
@@ -102,8 +104,9 @@ class Writer:
         acc_t = comp_type(bdt) if isf or comb in ("max", "min", "argmax", "argmin") else "tl.int64"
         if acc_t == "tl.int1":
             acc_t = "tl.int64"
-        lo = 'float("-inf")' if isf else "-9223372036854775807"
-        hi = 'float("inf")' if isf else "9223372036854775807"
+        ii = np.iinfo(np.int64 if acc_t == "tl.int64" else bdt.np) if not isf else None
+        lo = 'float("-inf")' if isf else str(ii.min + 1)
+        hi = 'float("inf")' if isf else str(ii.max)
         if not isf and bdt.name in ("u8", "bool"):
             lo = "0"
         neutral = {"sum": "0", "prod": "1", "max": lo, "min": hi, "argmax": lo, "argmin": hi}[comb]

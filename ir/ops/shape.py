@@ -124,8 +124,15 @@ def _gather_infer(ts, attrs):
     return x.with_shape(list(x.shape[:ax]) + list(idx.shape) + list(x.shape[ax + 1:]))
 
 
+def _wrap_index(idx, n: int, axis: int):
+    """Indices in [-n, n) made non-negative; anything outside is an error (as in onnxruntime), never a wrap-around."""
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"index {idx.min() if idx.min() < -n else idx.max()} is out of range [-{n}, {n}) for axis {axis}")
+    return np.where(idx < 0, idx + n, idx)
+
+
 def _gather(x, idx, axis):
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    idx = _wrap_index(idx, x.shape[axis], axis)
     return np.take(x, idx, axis=axis)
 
 
@@ -242,7 +249,7 @@ def _gather_elements_infer(ts, a):
 
 def _gather_elements(x, idx, axis):
     axis %= x.ndim
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    idx = _wrap_index(idx, x.shape[axis], axis)
     # out[i][j] = x[i][idx[i][j]]: the other dims of idx index x directly (no broadcasting)
     x = x[tuple(slice(None) if d == axis else slice(0, idx.shape[d]) for d in range(x.ndim))]
     return np.take_along_axis(x, idx.astype(np.int64), axis=axis)
