@@ -193,7 +193,12 @@ class Importer:
                 raise OnnxImportError(f"{self.where}: graph output {o.name!r} is not produced by any node")
             if isinstance(r, Seq):
                 raise OnnxImportError(f"{self.where}: graph output {o.name!r} is a sequence; nnfuse graphs return tensors")
-            outs.append(self.value(r))
+            v = self.value(r)
+            et = o.type.tensor_type.elem_type if o.type.HasField("tensor_type") else 0
+            if et in ONNX_DTYPES and ONNX_DTYPES[et] != v.type.dtype.name:   # onnxruntime refuses these too
+                raise OnnxImportError(f"{self.where}: graph output {o.name!r} is declared {ONNX_DTYPES[et]} but its "
+                                      f"producer computes {v.type.dtype.name}")
+            outs.append(v)
             names.append(o.name)
         self.g.set_outputs(outs, names)
         self._dce()

@@ -32,6 +32,8 @@ BAD = {
     "shape_mismatch": (model([N("MatMul", ["x", "w"], ["y"], name="proj")], [X("x")], [X("y")],
                              [init("w", np.ones((5, 4), np.float32))]).SerializeToString(),
                        "node 'proj' (MatMul): op 'matmul' on (f32[2,3], f32[5,4])"),
+    "output_dtype": (model([N("Relu", ["x"], ["y"])], [X("x")], [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [2, 3])]
+                           ).SerializeToString(), "graph output 'y' is declared i64 but its producer computes f32"),
     "string_input": (model([N("Identity", ["s"], ["y"])], [helper.make_tensor_value_info("s", onnx.TensorProto.STRING, [2])],
                            [X("y")]).SerializeToString(), "element type string"),
 }
