@@ -178,6 +178,11 @@ def compile(model: Any, example_inputs: Optional[Sequence] = None, *, backend: s
     if "precision" in options:
         from .passes.precision import check_precision
         check_precision(options["precision"])
+        if options["precision"] == "fp16" and backend == "cpu":
+            import warnings
+            warnings.warn("precision='fp16' on the cpu backend stores f16 but computes in f32 (converted per element): "
+                          "expect fp32 speed or slower; precision='bf16' is the fast reduced precision on CPUs",
+                          stacklevel=2)
     from .passes import optimize
     graph, report = optimize(graph, opt_level=opt_level, passes=passes, disable=disable, verify_each=verify_each,
                              print_after=print_after, print_after_all=print_after_all, backend=backend, **options)

@@ -106,3 +106,12 @@ def test_fp16_policy_on_reference():
     cm = nnfuse.compile(g, [x], backend="reference", precision="fp16")
     assert any(v.dtype.name == "f16" for v in cm.graph.constants.values())
     np.testing.assert_allclose(cm(x), ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
+
+
+def test_fp16_on_cpu_warns_that_it_is_emulated():
+    g = block_graph()
+    x = rng.standard_normal((6, 32)).astype(np.float32)
+    ref = evaluate(g, [x])[0]
+    with pytest.warns(UserWarning, match="computes in f32"):
+        cm = nnfuse.compile(g, [x], backend="cpu", precision="fp16")
+    np.testing.assert_allclose(cm(x), ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
