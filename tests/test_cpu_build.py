@@ -111,3 +111,23 @@ def test_unsupported_ops_are_listed(tmp_path, monkeypatch):
     g = graph(lambda b, x: [b.cumsum(x, axis=0), b.relu(x)], ((3,), "f32"))
     with pytest.raises(NnfuseError, match="not supported on cpu backend: ops cumsum"):
         lower(g)
+
+
+def test_concurrent_calls_from_threads_are_correct():
+    """ctypes drops the GIL during a run; one executable shared by threads must not mix their arenas."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    import nnfuse
+    # without the executable's lock, overlapping runs on this model deadlocked the shared thread pool
+    m = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256), torch.nn.GELU(),
+                            torch.nn.Linear(256, 256)).eval()
+    xs = [torch.randn(64, 256) for _ in range(8)]
+    cm = nnfuse.compile(m, (xs[0],), backend="cpu")
+    with torch.inference_mode():
+        want = [m(x).numpy() for x in xs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda x: np.asarray(cm(x)), xs * 8))
+    for i, g in enumerate(got):
+        np.testing.assert_allclose(g, want[i % len(xs)], rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 from typing import Sequence
 
@@ -44,6 +45,7 @@ class CpuExecutable:
         self.lib.nnf_set_threads(ctypes.c_int(threads))
         self._auto = threads > 1 and auto_threads
         self._calls, self._cur, self._times = 0, threads, {}
+        self._lock = threading.Lock()
         self.gemm = os.environ.get("NNFUSE_GEMM", "generated")   # "blas": OpenBLAS for every f32 gemm (for comparisons)
         self.lib.nnf_set_gemm_mode(ctypes.c_int(1 if self.gemm == "blas" and self.blas else 0))
         self._run = self.lib.nnf_run
@@ -72,10 +74,11 @@ class CpuExecutable:
         outs = [np.empty(shape, dt) for shape, dt in self._out_specs]
         ip = (ctypes.c_void_p * max(len(ins), 1))(*[a.ctypes.data for a in ins])
         op = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data if o.size else None for o in outs])
-        n = self._pick_threads()
-        t0 = time.perf_counter()
-        rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
-        self._record(n, time.perf_counter() - t0)
+        with self._lock:   # one arena and one thread pool per executable: calls from several threads take turns
+            n = self._pick_threads()
+            t0 = time.perf_counter()
+            rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
+            self._record(n, time.perf_counter() - t0)
         if rc != 0:
             raise NnfuseError(f"cpu backend: model run failed (code {rc})")
         return p.finish(outs)
