@@ -5,8 +5,10 @@ ancestor of the other (`f(x)`, the branch), with a weight GEMM somewhere on the 
 is every node between the two: downstream of `x` and upstream of the branch. Values the body
 reads that do not depend on `x` (rotary tables, masks, weights) are shared, not part of it.
 
-The blocks of a stack chain: block k's residual input is block k-1's add. Discovery keeps the
-longest such chain, so adds nested inside a block (`x + c·x³` in a tanh GELU) never count.
+The blocks of a stack chain: block k's residual input is block k-1's add — or, in a post-norm stack
+(BERT, the original Transformer: `y = LayerNorm(x + f(x))`), the norm that is the add's only reader.
+Discovery keeps the longest such chain, so adds nested inside a block (`x + c·x³` in a tanh GELU)
+never count.
 This is structural and works on any frontend's graph. Module paths in `node.meta["loc"]`
 (torch: `model.layers.3.mlp.down_proj`; ONNX names: `/model/layers.3/mlp/down_proj/MatMul`),
 when present, name each block's layer index and kind.
@@ -24,6 +26,7 @@ from ..ir import Graph, Node, Value
 from ..ir.ops import OPS
 
 ATTENTION_OPS = {"softmax", "scaled_dot_product_attention", "attention"}
+NORM_OPS = {"layer_norm", "rms_norm"}
 _LAYER_RE = re.compile(r"(?:^|[./])(?:layers?|h|blocks?|block)[./](\d+)(?:[./]|$)")
 _CONST_OPS = {"transpose", "reshape", "cast", "identity", "squeeze", "unsqueeze", "expand", "flatten"}
 
@@ -77,10 +80,11 @@ class Block:
     layer: int = -1               # transformer layer index (from module paths, else counted)
     loc: str = ""                 # common module path of the body, when known
     closed: bool = True           # no body value is read outside the block
+    post_norm: Optional[Node] = None   # post-norm stacks: the norm over the add, whose result is the stream
 
     @property
     def exit(self) -> Value:
-        return self.add.outputs[0]
+        return (self.post_norm or self.add).outputs[0]
 
     @property
     def gemms(self) -> list[Node]:
@@ -88,7 +92,8 @@ class Block:
 
     def describe(self) -> str:
         where = f" {self.loc}" if self.loc else ""
-        return f"{self.kind} ({len(self.nodes)} nodes, {len(self.gemms)} weight GEMMs){where}"
+        post = f", post-{self.post_norm.op}" if self.post_norm is not None else ""
+        return f"{self.kind} ({len(self.nodes)} nodes, {len(self.gemms)} weight GEMMs{post}){where}"
 
 
 @dataclass
@@ -211,14 +216,29 @@ def discover(g: Graph) -> Stack:
     by_entry: dict[int, list[tuple]] = {}
     for c in cands:
         by_entry.setdefault(c[0].id, []).append(c)
-    exits = {c[1].outputs[0].id for c in cands}
+    readers: dict[int, list[Node]] = {}
+    for n in g.nodes:
+        for v in n.inputs:
+            readers.setdefault(v.id, []).append(n)
+    outs = {v.id for v in g.outputs}
+
+    def post_norm(add: Node) -> Optional[Node]:
+        r = readers.get(add.outputs[0].id, [])
+        ok = len(r) == 1 and r[0].op in NORM_OPS and r[0].inputs[0] is add.outputs[0] and add.outputs[0].id not in outs
+        return r[0] if ok else None
+
+    def exit_id(c: tuple) -> int:
+        pn = post_norm(c[1])
+        return (pn or c[1]).outputs[0].id
+
+    exits = {exit_id(c) for c in cands}
     best: list[tuple] = []
     for c in cands:
         if c[0].id in exits:
             continue                        # not the start of a chain
         chain, cur = [c], c
         while True:
-            nxt = by_entry.get(cur[1].outputs[0].id, [])
+            nxt = by_entry.get(exit_id(cur), [])
             if not nxt:
                 break
             cur = max(nxt, key=lambda t: len(t[3]))   # the outer block when several share an entry
@@ -232,7 +252,7 @@ def discover(g: Graph) -> Stack:
         loc = _common_loc(nodes)
         if kind == "other":
             kind = _kind_from_loc(loc) or kind
-        blocks.append(Block(i, kind, skip, add, br, nodes, loc=loc))
+        blocks.append(Block(i, kind, skip, add, br, nodes, loc=loc, post_norm=post_norm(add)))
         for n in nodes:
             inside[id(n)] = i
     _mark_closed(g, blocks, inside)

@@ -297,7 +297,7 @@ def ffn_runs(stack: Stack) -> list[list[Block]]:
     """Maximal runs of consecutive FFN blocks along the residual chain."""
     runs, cur = [], []
     for b in stack.blocks:
-        if b.kind == "ffn":
+        if b.kind == "ffn" and b.post_norm is None:   # post-norm FFNs do not add into one stream: nothing to widen
             cur.append(b)
         else:
             if len(cur) > 1:
@@ -351,6 +351,9 @@ def ffn_fusion(g: Graph, ctx: PassContext) -> dict:
     stats["calibration"] = where
     ref = outputs_of(g, samples)
     drop = ctx.get("drop_attention")
+    if not any(b.kind == "ffn" and b.post_norm is None for b in stack.blocks):
+        stats["reason"] = "no pre-norm FFN blocks (post-norm FFNs do not add into one residual stream)"
+        return stats
     if drop is None and not ffn_runs(stack) and int(ctx.get("auto_drop_attention", 1)) > 0:
         drop = int(ctx.get("auto_drop_attention", 1))
         stats["auto_drop_attention"] = drop

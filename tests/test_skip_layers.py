@@ -114,3 +114,43 @@ def test_cli_flags_and_inspect(tmp_path, capsys):
     assert main(["inspect", src]) == 0
     text = capsys.readouterr().out
     assert "6 layers, 12 residual blocks" in text and "layer 5: attention (" in text
+
+
+def test_post_norm_bert_layers_skip_like_removing_them():
+    """Post-LN stacks (y = LayerNorm(x + f(x))) chain through the norm: skipping a layer equals deleting it."""
+    import copy
+
+    import torch
+    import transformers as T
+
+    import nnfuse
+    from nnfuse.passes.blocks import discover
+    torch.manual_seed(0)
+    cfg = T.BertConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=4, intermediate_size=128, vocab_size=100)
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).last_hidden_state
+    m = Hidden(T.BertModel(cfg)).eval()
+    x = torch.randint(0, 100, (2, 16))
+    g = nnfuse.compile(m, (x,), backend="reference", opt_level=0).graph
+    stack = discover(g)
+    assert len(stack.layers) == 6 and all(b.post_norm is not None for b in stack.blocks)
+    assert [b.kind for b in stack.blocks] == ["attention", "ffn"] * 6
+    h, rep = optimize(g, passes=["skip-layers"], num_skip=2, verify_each=True)
+    skipped = rep.results[0].stats["skipped_layers"]
+    assert len(skipped) == 2 and 0 not in skipped and 5 not in skipped
+    m2 = copy.deepcopy(m)
+    m2.m.encoder.layer = torch.nn.ModuleList([lay for i, lay in enumerate(m2.m.encoder.layer) if i not in skipped])
+    with torch.inference_mode():
+        want = m2(x).numpy()
+    got = ir.evaluate(h, [x.numpy()])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # FFN fusion leaves post-norm FFNs alone (they do not add into one stream)
+    h2, rep2 = optimize(g, passes=["ffn-fusion"], verify_each=True)
+    st2 = rep2.results[0].stats
+    assert st2["runs"] == 0 and "post-norm" in st2["reason"] and len(h2.nodes) == len(g.nodes)
