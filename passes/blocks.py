@@ -227,8 +227,12 @@ def discover(g: Graph) -> Stack:
         ok = len(r) == 1 and r[0].op in NORM_OPS and r[0].inputs[0] is add.outputs[0] and add.outputs[0].id not in outs
         return r[0] if ok else None
 
+    # a post-norm stack (BERT) has norms that start the next block; in a pre-norm stack (LLaMA) only the last add
+    # has a single norm reader, the final norm, which belongs to the head, not to the last block
+    post_stack = any((pn := post_norm(c[1])) is not None and pn.outputs[0].id in by_entry for c in cands)
+
     def exit_id(c: tuple) -> int:
-        pn = post_norm(c[1])
+        pn = post_norm(c[1]) if post_stack else None
         return (pn or c[1]).outputs[0].id
 
     exits = {exit_id(c) for c in cands}
@@ -252,7 +256,7 @@ def discover(g: Graph) -> Stack:
         loc = _common_loc(nodes)
         if kind == "other":
             kind = _kind_from_loc(loc) or kind
-        blocks.append(Block(i, kind, skip, add, br, nodes, loc=loc, post_norm=post_norm(add)))
+        blocks.append(Block(i, kind, skip, add, br, nodes, loc=loc, post_norm=post_norm(add) if post_stack else None))
         for n in nodes:
             inside[id(n)] = i
     _mark_closed(g, blocks, inside)

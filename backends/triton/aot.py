@@ -8,6 +8,7 @@ through the ptxas Triton ships) for each kernel, with the same constexprs, num_w
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Sequence
 
 from ...ir.errors import NnfuseError
@@ -24,13 +25,14 @@ class TritonCompileError(NnfuseError):
     pass
 
 
-def _compiled_module(src: str):
-    """Import the generated module with @triton.jit in compiled (not interpreted) mode."""
-    path, name, _ = write_source(src)
+@contextmanager
+def _compiled_mode():
+    """TRITON_INTERPRET=0 while inside: triton.jit reads it at decoration time, and the code generator at every
+    constexpr function call (tl.cdiv returns a bare int instead of a constexpr when it reads 1)."""
     old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"   # read by triton.jit at decoration time
+    os.environ["TRITON_INTERPRET"] = "0"
     try:
-        return load_module(path, name + "_aot")
+        yield
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]
@@ -41,12 +43,18 @@ def _compiled_module(src: str):
 def compile_for_targets(p: Program, archs: Sequence[str] = ("sm_80", "sm_90"), **options) -> dict:
     """Compile every kernel of `p` to cubin for each arch; returns {kernel name: {arch: cubin bytes}}.
     Raises TritonCompileError naming the kernel and arch on the first failure."""
+    options = dict(options, interpret=False)
+    src, launches = generate(p, options)
+    with _compiled_mode():
+        path, name, _ = write_source(src)
+        mod = load_module(path, name + "_aot")
+        return _compile_kernels(p, mod, launches, archs, options)
+
+
+def _compile_kernels(p: Program, mod, launches, archs: Sequence[str], options: dict) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    options = dict(options, interpret=False)
-    src, launches = generate(p, options)
-    mod = _compiled_module(src)
     out: dict = {}
     for k, launch in zip(p.kernels, launches):
         _, _, bufs = write_kernel(k, options)
