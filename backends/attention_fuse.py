@@ -8,7 +8,10 @@ other score expressions) leaves the chain as it is.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Callable, Optional
+
+import numpy as np
 
 from ..ir.dtypes import dtype as to_dtype
 from ..ir.kernel import Access, Attention, Const, Expr, Gemm, Load, Op, Program, RowNorm, Var, op, verify_program, walk
@@ -16,6 +19,15 @@ from ..ir.kernel import Access, Attention, Const, Expr, Gemm, Load, Op, Program,
 
 def _readers(kernels, buf) -> list[int]:
     return [i for i, k in enumerate(kernels) if any(a.buf is buf for a in k.reads())]
+
+
+def _axis(e: Expr) -> Optional[int]:
+    """The domain axis `e` is, seen through the `i * 1 + 0` index arithmetic remapped views leave behind."""
+    while isinstance(e, Op) and len(e.args) == 2 and isinstance(e.args[1], Const):
+        if not ((e.op == "add" and e.args[1].value == 0) or (e.op == "mul" and e.args[1].value == 1)):
+            return None
+        e = e.args[0]
+    return e.axis if isinstance(e, Var) else None
 
 
 def _split_scores(x: Expr, scores: Access, rank: int):
@@ -31,8 +43,7 @@ def _split_scores(x: Expr, scores: Access, rank: int):
             return None
         if e.op == "where" and isinstance(e.args[2], Const) and e.args[2].value == float("-inf"):
             c = e.args[0]
-            if (isinstance(c, Op) and c.op == "le" and isinstance(c.args[0], Var) and isinstance(c.args[1], Var)
-                    and c.args[0].axis == rank - 1 and c.args[1].axis == rank - 2):
+            if (isinstance(c, Op) and c.op == "le" and _axis(c.args[0]) == rank - 1 and _axis(c.args[1]) == rank - 2):
                 causal = True
             else:
                 keeps.append(c)
@@ -54,8 +65,42 @@ def _split_scores(x: Expr, scores: Access, rank: int):
     return causal, mask
 
 
-def fuse_attention(p: Program) -> int:
-    """Rewrite every eligible gemm -> softmax -> gemm chain in place; returns how many were fused."""
+def _const_mask_kind(mask: Optional[Expr], p: Program, bt: tuple, sq: int, skv: int) -> Optional[str]:
+    """"all" when `mask` is where(c, 0, -inf) over a constant bool `c` that is true everywhere, "causal" when `c` is
+    exactly j <= i for every batch index (the lower-triangular masks models build), else None."""
+    if not (isinstance(mask, Op) and mask.op == "where" and isinstance(mask.args[0], Load)
+            and isinstance(mask.args[1], Const) and mask.args[1].value == 0.0
+            and isinstance(mask.args[2], Const) and mask.args[2].value == float("-inf")):
+        return None
+    ld = mask.args[0]
+    acc = ld.access
+    if ld.indirect or acc.buf.kind != "const" or acc.buf.dtype.name != "bool":
+        return None
+    data = next((d for b, d in zip(p.consts, p.const_data) if b is acc.buf), None)
+    dims = tuple(bt) + (sq, skv)
+    # read the mask only along the axes it varies on (broadcast axes have stride 0): extent 1 there
+    ext = [n if s and n > 1 else 1 for n, s in zip(dims, acc.strides)]
+    if data is None or math.prod(ext[:-2]) * sq * skv > (1 << 24):
+        return None
+    flat = np.asarray(data).reshape(-1)
+    idx = np.full((1,) * len(dims), acc.offset, dtype=np.int64)
+    for ax, (n, s) in enumerate(zip(ext, acc.strides)):
+        shape = [1] * len(dims)
+        shape[ax] = n
+        idx = idx + (np.arange(n, dtype=np.int64) * s).reshape(shape)
+    cond = flat[idx]
+    if cond.all():
+        return "all"
+    tri = np.tri(sq, skv, dtype=bool).reshape((1,) * len(bt) + (sq, skv))
+    both = np.broadcast_shapes(cond.shape, tri.shape)
+    if np.array_equal(np.broadcast_to(cond, both), np.broadcast_to(tri, both)):
+        return "causal"
+    return None
+
+
+def fuse_attention(p: Program, when: Optional[Callable[[Attention], bool]] = None) -> int:
+    """Rewrite every eligible gemm -> softmax -> gemm chain in place; returns how many were fused.
+    `when` lets a backend keep chains its attention kernel does not cover (other dtypes) unfused."""
     ks = p.kernels
     fused = 0
     i = 0
@@ -95,6 +140,12 @@ def fuse_attention(p: Program) -> int:
         att = Attention(batch=bt, sq=g1.m, skv=g1.n, d=g1.k, dv=g2.n, q=g1.a, k=Access(g1.b.buf, g1.b.offset, tuple(kst)),
                         v=g2.b, out=g2.out, scale=float(g1.alpha), causal=causal, mask=mask, name=g2.name,
                         meta={"region": "attention", "ops": ["scaled_dot_product_attention"]})
+        kind = _const_mask_kind(mask, p, bt, g1.m, g1.n)
+        if kind is not None:   # a constant all-true or lower-triangular mask: no mask loads, causal skips blocks
+            att.mask, att.causal = None, causal or kind == "causal"
+        if when is not None and not when(att):
+            i += 1
+            continue
         att.schedule.block = {"BLOCK_M": min(64, 1 << max(4, (g1.m - 1).bit_length())),
                               "BLOCK_N": min(64, 1 << max(4, (g1.n - 1).bit_length()))}
         att.schedule.num_warps = 4 if max(g1.k, g2.n) <= 64 else 8

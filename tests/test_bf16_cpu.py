@@ -9,6 +9,7 @@ import pytest
 import nnfuse
 from nnfuse.backends.cpu import CpuExecutable, bf16 as cbf16, build
 from nnfuse.ir import Builder, evaluate
+from nnfuse.ir.kernel import verify_program
 
 rng = np.random.default_rng(1)
 
@@ -28,7 +29,7 @@ def relerr(a, b):
 
 
 @pytest.mark.parametrize("m,k,n,batch", [(1, 64, 64, ()), (7, 33, 100, ()), (13, 130, 200, ()), (5, 256, 384, (2,)),
-                                         (32, 300, 129, (1,))])
+                                         (32, 300, 129, (1,)), (200, 97, 200, ())])   # the last: 3 x 4 pool tiles, ragged
 def test_bf16_gemm_matches_reference(m, k, n, batch):
     g = linear_graph(m, k, n, batch)
     x = rng.standard_normal(tuple(batch) + (m, k)).astype(np.float32)
@@ -36,6 +37,7 @@ def test_bf16_gemm_matches_reference(m, k, n, batch):
     ref16 = nnfuse.compile(g, [x], backend="reference", precision="bf16")
     cpu16 = nnfuse.compile(g, [x], backend="cpu", precision="bf16")
     assert sum(bool(kk.meta.get("bf16_packed")) for kk in cpu16.program.kernels) == 2   # both gemms on the bf16 kernel
+    verify_program(cpu16.program)   # the folded epilogues and the arena placed again still obey the kernel IR rules
     got = cpu16(x)
     # same policy, same rounding points: only the f32 summation order differs from the reference backend
     np.testing.assert_allclose(got, ref16(x), rtol=2e-3, atol=2e-3 * np.abs(f32).max())
@@ -54,7 +56,7 @@ def test_conv_and_attention_take_the_policy():
             super().__init__()
             s.c = torch.nn.Conv2d(3, 16, 3, padding=1)                           # RGB stem: W @ im2col
             s.c2 = torch.nn.Conv2d(16, 64, 3, stride=2, padding=1, bias=False)  # strided, padded: NHWC im2col rows
-            s.c3 = torch.nn.Conv2d(64, 16, 1)                                    # 1x1: the NHWC copy is the operand
+            s.c3 = torch.nn.Conv2d(64, 16, 1)                                    # 1x1: W @ x
             s.att = torch.nn.MultiheadAttention(16, 2, batch_first=True)
             s.fc = torch.nn.Linear(16, 10)
 
@@ -71,7 +73,7 @@ def test_conv_and_attention_take_the_policy():
     got = np.asarray(cm(x))
     convs = [k for k in cm.program.kernels if k.kind == "conv"]
     assert len(convs) == 3 and all(k.meta.get("bf16_packed") for k in convs)   # all on the bf16 conv path
-    assert sorted(k.meta["bf16_rows_are_positions"] for k in convs) == [False, True, True]   # both orientations
+    assert sorted(k.meta["bf16_rows_are_positions"] for k in convs) == [False, False, True]   # both orientations
     assert 0 < relerr(got, want) < 2e-2
     ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
     np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=2e-3, atol=2e-3 * np.abs(want).max())
@@ -166,3 +168,59 @@ def test_conv_paths_agree():
     xn = x.numpy()
     a, b = cm.executable([xn])[0], wide([xn])[0]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("bias", [True, False])   # bias: the pointwise is 2-D [m, n]; none: flattened to 1-D [m*n]
+def test_pointwise_after_gemm_becomes_a_bf16_store(bias):
+    b = Builder("ffn")
+    x = b.input("x", [24, 64])
+    h = b.op("matmul", x, b.const((rng.standard_normal((64, 256)) / 8).astype(np.float32), "w1"))
+    if bias:
+        h = b.op("add", h, b.const(rng.standard_normal(256).astype(np.float32), "b1"))
+    h = b.op("gelu", h)
+    g = b.output(b.op("matmul", h, b.const((rng.standard_normal((256, 64)) / 16).astype(np.float32), "w2")))
+    xv = rng.standard_normal((24, 64)).astype(np.float32)
+    cm = nnfuse.compile(g, [xv], backend="cpu", precision="bf16", accuracy_report=False)
+    first = [k for k in cm.program.kernels if k.kind == "gemm"][0]
+    # GELU and the rounding the second gemm reads run in the first gemm's epilogue, which stores bf16 directly
+    assert first.meta.get("bf16_folded") and first.out.buf.dtype.name == "bf16"
+    assert not any(k.kind == "pointwise" and any(a.buf is first.out.buf for a in k.writes()) for k in cm.program.kernels)
+    verify_program(cm.program)
+    ref = nnfuse.compile(g, [xv], backend="reference", precision="bf16")(xv)
+    f32 = evaluate(g, [xv])[0]
+    np.testing.assert_allclose(cm(xv), ref, rtol=2e-3, atol=2e-3 * np.abs(f32).max())
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 64, 64), (32, 4096, 1024), (32, 1024, 4096), (128, 1408, 512), (1024, 256, 256),
+                                   (200, 200, 97), (3136, 64, 576)])
+def test_pool_tiles(m, n, k):
+    mb, nb = cbf16.tiles(m, n, k)
+    assert nb % 64 == 0 and (mb == m or mb % 6 == 0) and mb >= 1
+    tasks = -(-m // mb) * -(-n // nb)
+    assert tasks == 1 if m * n * k < (1 << 17) else tasks >= min(16, -(-m // mb) * -(-n // 64))
+
+
+def test_conv_weight_widened_at_run_time_reads_the_bf16_constant():
+    """A conv whose weight a kernel of its own widens from a bf16 constant (the cast left outside the conv, here at
+    O0) and whose input is bf16-rounded takes the bf16 kernel on the constant itself; the numbers do not change."""
+    import ml_dtypes
+    b = Builder("cw")
+    x = b.input("x", [1, 16, 10, 10])
+    wf = b.op("cast", b.const((rng.standard_normal((16, 16, 3, 3)) / 12).astype(ml_dtypes.bfloat16), "wq"), to="f32")
+    rnd = lambda v: b.op("cast", b.op("cast", v, to="bf16"), to="f32")  # noqa: E731  (the policy's activation rounding)
+    y = b.op("conv", rnd(x), wf, pads=[1, 1, 1, 1])
+    g = b.output(b.op("conv", rnd(b.op("relu", y)), wf, pads=[1, 1, 1, 1]))
+    xv = rng.standard_normal((1, 16, 10, 10)).astype(np.float32)
+    cm = nnfuse.compile(g, [xv], backend="cpu", opt_level=0, accuracy_report=False)
+    convs = [k for k in cm.program.kernels if k.kind == "conv"]
+    assert len(convs) == 2 and all(k.meta.get("bf16_packed") for k in convs)
+    verify_program(cm.program)
+    ref = np.asarray(nnfuse.compile(g, [xv], backend="reference", opt_level=0)(xv))
+    np.testing.assert_allclose(np.asarray(cm(xv)), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    # without the rounding of its input the conv stays f32: the bf16 kernel would round x where the graph does not
+    g2 = Builder("cw2")
+    x2 = g2.input("x", [1, 16, 10, 10])
+    w2 = g2.op("cast", g2.const((rng.standard_normal((16, 16, 3, 3)) / 12).astype(ml_dtypes.bfloat16), "wq"), to="f32")
+    g2 = g2.output(g2.op("conv", x2, w2, pads=[1, 1, 1, 1]))
+    cm2 = nnfuse.compile(g2, [xv], backend="cpu", opt_level=0, accuracy_report=False)
+    assert not any(k.meta.get("bf16_packed") for k in cm2.program.kernels)

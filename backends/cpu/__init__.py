@@ -165,14 +165,20 @@ class SpecializingExecutable:
         return s
 
 
-def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_threads: bool = False) -> CpuExecutable:
+def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_threads: bool = False,
+                    fuse_attn: bool = True) -> CpuExecutable:
     from ...passes.lower import lower
     find_compiler()
     program = lower(graph)
+    if fuse_attn:   # gemm -> softmax -> gemm chains become one Attention kernel (backends/cpu/attention.py)
+        from .attention import fuse
+        fuse(program)
     from .bf16 import pack_program, report_path
     pack_program(program)   # bf16 weights packed for the micro-kernel, once (issue 12)
     from .quant_kernels import pack_program as pack_quant
     pack_quant(program)     # int8 / int4 weights packed for the quantized kernels, once (issue 10)
+    from .pack import pack_program as pack_f32
+    pack_f32(program)       # f32 weights in 64-column panels for the gemm micro-kernel, once
     src = generate(program, profile)
     path, hit, secs = build(src)
     exe = CpuExecutable(program, src, path, hit, secs, threads, auto_threads)
@@ -194,4 +200,4 @@ def compile_graph(graph: Graph, threads: int = 0, profile: bool = False, **optio
         exe = SpecializingExecutable(graph, threads)
         exe.auto = auto
         return exe
-    return _compile_static(graph, threads, profile, auto)
+    return _compile_static(graph, threads, profile, auto, options.get("fuse_attention", True) is not False)

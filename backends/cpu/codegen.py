@@ -179,9 +179,11 @@ typedef float nnf_v16u __attribute__((vector_size(64), aligned(4)));
 #define NNF_ST(p, v) (*(nnf_v16u*)(p) = (v))
 static int nnf_gemm_mode = 0;   /* 0: generated kernel where it applies, 1: always BLAS */
 void nnf_set_gemm_mode(int m) { nnf_gemm_mode = m; }
-/* MR x 64 register tile over kc steps of k (MR*4 vector accumulators; 4 B vectors + 1 broadcast live). */
+/* MR x 64 register tile over kc steps of k (MR*4 vector accumulators; 4 B vectors + 1 broadcast live). Not inlined:
+   inlined into its callers, gcc ran out of the 32 vector registers and spilled a B vector on every k step. */
 #define NNF_MK(MR)                                                                                               \
-static inline void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, int64_t sam, int64_t sak,          \
+static __attribute__((noinline)) void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, int64_t sam,    \
+                                                  int64_t sak,                                                 \
                               const float* b, int64_t ldb, float* c, int64_t ldc) {                              \
   nnf_v16 acc[MR][4];                                                                                            \
   for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++)                                                       \
@@ -191,16 +193,20 @@ static inline void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, i
     b += ldb;                                                                                                    \
     _Pragma("GCC unroll 8")                                                                                      \
     for (int r = 0; r < MR; r++) {                                                                               \
-      nnf_v16 av = (nnf_v16){0} + a[r * sam + k * sak];                                                          \
+      nnf_v16 av = a[r * sam + k * sak] - (nnf_v16){0};   /* x - 0 == x exactly (x + 0 is not: -0): a plain broadcast */ \
       acc[r][0] += av * b0; acc[r][1] += av * b1; acc[r][2] += av * b2; acc[r][3] += av * b3;                     \
     }                                                                                                            \
   }                                                                                                              \
   for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) NNF_ST(c + r * ldc + 16 * j, acc[r][j] * sc);         \
 }
 NNF_MK(6)
+NNF_MK(5)
 NNF_MK(4)
+NNF_MK(3)
 NNF_MK(2)
 NNF_MK(1)
+static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A,
+                           int64_t sab, int64_t sam, int64_t sak, const float* b, float* C, int64_t ldc);   /* pack.py */
 static void nnf_gemm_np(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sam, int64_t sak,
                         const float* B, int64_t ldb, float* C, int64_t ldc) {
   const int64_t KC = 256;
@@ -220,14 +226,13 @@ static void nnf_gemm_np(int64_t M, int64_t N, int64_t K, float alpha, const floa
         for (; m < M; m++) nnf_mk1(kc, first, sc, A + m * sam + k0 * sak, sam, sak, b, ldb, C + m * ldc + n, ldc);
         continue;
       }
-      for (int64_t r = 0; r < M; r++) {   /* a ragged last panel (N not a multiple of 64) */
-        float* restrict cr = C + r * ldc + n;
-        if (first) for (int64_t j = 0; j < nw; j++) cr[j] = 0;
-        for (int64_t k = k0; k < k0 + kc; k++) {
-          float av = A[r * sam + k * sak]; const float* restrict br = B + k * ldb + n;
-          for (int64_t j = 0; j < nw; j++) cr[j] += av * br[j];
+      {   /* a ragged last panel (N mod 64 columns): copied into a zero-padded 64-wide block, then the vector kernel */
+        float bp[256 * 64] __attribute__((aligned(64)));
+        for (int64_t k = 0; k < kc; k++) {
+          const float* restrict br = B + (k0 + k) * ldb + n;
+          for (int64_t j = 0; j < 64; j++) bp[k * 64 + j] = j < nw ? br[j] : 0.0f;
         }
-        if (last && alpha != 1.0f) for (int64_t j = 0; j < nw; j++) cr[j] *= alpha;
+        nnf_panel_rows(M, nw, kc, first, sc, A + k0 * sak, 6 * sam, sam, sak, bp, C + n, ldc);
       }
     }
   }
@@ -499,6 +504,9 @@ class KernelWriter:
         if body is None and k.kind == "quant_rows":   # dynamic per-token quantization (issue 10)
             from .quant_kernels import emit_quant_rows
             body = lambda: emit_quant_rows(self, k)  # noqa: E731
+        if body is None and k.kind == "attention":   # fused attention, scores never in memory (backends/cpu/attention.py)
+            from .attention import emit_attention
+            body = lambda: emit_attention(self, k)  # noqa: E731
         if body is None:
             raise CodegenError(f"kernel kind {k.kind} is not supported by the cpu backend yet")
         main = f"{self.signature()} {{\n{body()}}}\n"
@@ -654,6 +662,8 @@ class KernelWriter:
         if k.meta.get("bf16_packed"):   # bf16 A x packed bf16 weight, f32 accumulate (backends/cpu/bf16.py)
             from .bf16 import emit_gemm
             return emit_gemm(self, k, epi)
+        if k.meta.get("f32_packed"):   # f32 weight in 64-column panels (backends/cpu/pack.py)
+            return self.gemm_packed(k, base, bn_, epi)
         typed = ctype(A.buf.dtype) == c == ctype(B.buf.dtype) == ctype(O.buf.dtype) and c in ("float", "double")
         if typed:
             return self.gemm_blas(k, c, base, bn_, epi)
@@ -666,6 +676,38 @@ class KernelWriter:
         for j in reversed(range(nb)):
             out += f"  {'  ' * j}}}\n"
         return out
+
+    def gemm_packed(self, k: Gemm, base, bn_, epi) -> str:
+        """f32 gemm, B a weight packed in 64-column panels: tasks own whole panels (each weight byte is read by one
+        thread) or, for narrow N, row blocks; each applies the epilogue to its own block while it is in cache."""
+        A, O = k.a, k.out
+        sam, sak = A.strides[-2], A.strides[-1]   # any strides: the micro-kernel broadcasts A one element at a time
+        ldo = max(O.strides[-2] if k.m > 1 else k.n, 1)
+        nb = len(k.batch)
+        nbatch = math.prod(k.batch) if nb else 1
+        npan = -(-k.n // 64)
+        a_ptr, b_ptr = f"{self.bn(A.buf)} + {base(A)}", self.bn(k.b.buf)
+        epi_loop = (lambda m0, m1, n0, n1: f"for (int64_t _m = {m0}; _m < {m1}; _m++) {{ float* restrict _row = _O + _m*{ldo}; "
+                    f"for (int64_t _n = {n0}; _n < {n1}; _n++) {{ float _acc = _row[_n]; _row[_n] = {epi}; }} }}") \
+            if epi is not None else (lambda *a: "")
+        work = nbatch * k.m * k.n * k.k
+        from .pack import task_split   # groups of panels; with few panels and many rows, row blocks too
+        pt, ngp, mc, nm = task_split(npan, k.m, 16)
+        body = (f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+                f"    int64_t _f = _t / {nm * ngp}, _tm = (_t / {ngp}) % {nm}, _tp = _t % {ngp}; (void)_f;\n")
+        rem = nbatch
+        for j, d in enumerate(k.batch):
+            rem //= d
+            body += f"    int64_t {bn_[j]} = (_f / {rem}) % {d};\n"
+        body += (f"    float* _O = {self.bn(O.buf)} + {base(O)};\n"
+                 f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {k.m} ? _m0 + {mc} : {k.m};\n"
+                 f"    int64_t _p0 = _tp * {pt}, _p1 = _p0 + {pt} < {npan} ? _p0 + {pt} : {npan};\n"
+                 f"    nnf_gemm_pk(_m1 - _m0, {k.n}, {k.k}, {float(k.alpha)!r}f, {a_ptr} + _m0*{sam}, {6 * sam}, {sam}, {sak}, "
+                 f"{b_ptr}, _p0, _p1, _O + _m0*{ldo}, {ldo});\n"
+                 f"    {{ int64_t _n0 = _p0 * 64, _n1 = _p1 * 64 < {k.n} ? _p1 * 64 : {k.n}; (void)_n0; (void)_n1;\n"
+                 f"      {epi_loop('_m0', '_m1', '_n0', '_n1')} }}\n  }}\n")
+        total = nbatch * nm * ngp
+        return self.parallel(total, 1 if work >= 65536 else total, body)
 
     def gemm_blas(self, k: Gemm, c: str, base, bn_, epi) -> str:
         """f32/f64 gemm through BLAS (single-threaded calls; we own the threads, so one pool, no oversubscription).
@@ -724,98 +766,12 @@ class KernelWriter:
         return out + "  " + call.lstrip()
 
     def conv(self) -> str:
-        """Per (image, group): im2col into the arena scratch (skipped for 1x1/stride 1), then one gemm; epilogue after.
-        conv_transpose: one gemm into the scratch (W^T x), then col2im scatter-add into the zeroed output."""
         k: Conv = self.k
         if k.meta.get("bf16_packed"):   # bf16 conv: NHWC bf16 im2col x packed bf16 weight (backends/cpu/bf16.py)
             from .bf16 import emit_conv
             return emit_conv(self, k)
-        if comp(k.out.buf.dtype) != "float" or ctype(k.x.buf.dtype) != "float" or ctype(k.w.buf.dtype) != "float":
-            raise CodegenError("conv is supported for f32 only on the cpu backend")
-        geo = k.geometry()
-        nd = len(geo.kernel)
-        N, C, M, G, Cg, Mg, KK, tr = geo.n, geo.c, geo.m, geo.groups, geo.cg, geo.mg, geo.taps, geo.transpose
-        isp, osp, ks = geo.in_spatial, geo.out_spatial, geo.kernel
-        X, Wt, O = k.x, k.w, k.out
-        sxn, sxc = X.strides[0], X.strides[1]
-        son, som = O.strides[0], O.strides[1]
-        x, w, o = self.bn(X.buf), self.bn(Wt.buf), self.bn(O.buf)
-        # im2col/col2im geometry: "small" is the side indexed by the kernel taps (output for conv, input for transpose)
-        small, big = (osp, isp) if not tr else (isp, osp)
-        SP, BP = math.prod(small), math.prod(big)
-        s = f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
-        s += f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
-        s += f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
-
-        def taps(rows: int, inner: str, zero: str, par: str) -> str:
-            """For each col row (_c, _k0.._k{nd-1}) and small-side position: the big-side index. Outer dims skip invalid
-            rows; the innermost dim runs over its valid range [_lo, _hi) only (no per-element masks to vectorize)."""
-            t = f"    #pragma omp parallel for schedule(static)\n    {par} {{\n"
-            t += f"      int64_t _c = _r / {KK}; (void)_c;\n"
-            rem = KK
-            for j in range(nd):
-                rem //= ks[j]
-                t += f"      int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
-            t += f"      float* restrict _d = {self.bn(k.col.buf)} + {k.col.offset} + _r*{SP};\n"
-            ind = "      "
-            for j in range(nd - 1):
-                t += f"{ind}for (int64_t _o{j} = 0; _o{j} < {small[j]}; _o{j}++) {{\n"
-                ind += "  "
-                t += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
-            soff = " + ".join([f"_o{j}*{math.prod(small[j + 1:])}" for j in range(nd - 1)] + ["0"])
-            boff = " + ".join([f"_i{j}*{math.prod(big[j + 1:])}" for j in range(nd - 1)] + ["0"])
-            L = nd - 1
-            st, dl, pd = k.strides[L], k.dilations[L], k.pads[L]
-            t += f"{ind}float* restrict _dr = _d + {soff}; (void)_dr;\n"
-            if nd > 1:
-                cond = " || ".join(f"_i{j} < 0 || _i{j} >= {big[j]}" for j in range(nd - 1))
-                t += f"{ind}if ({cond}) {{ {zero} continue; }}\n"
-            t += f"{ind}int64_t _b0 = {boff}; int64_t _sh = _k{L}*{dl} - {pd};\n"
-            # valid o: 0 <= o*st + _sh < big  <=>  o in [ceil(-_sh/st), ceil((big - _sh)/st))
-            t += (f"{ind}int64_t _lo = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st}; int64_t _hi = {big[L]} - _sh <= 0 ? 0 : "
-                  f"({big[L]} - _sh + {st - 1}) / {st};\n")
-            t += f"{ind}if (_lo > {small[L]}) _lo = {small[L]}; if (_hi > {small[L]}) _hi = {small[L]}; if (_hi < _lo) _hi = _lo;\n"
-            t += f"{ind}{inner}\n"
-            for j in reversed(range(nd - 1)):
-                ind = ind[:-2]
-                t += f"{ind}}}\n"
-            return t + "    }\n"
-        if not tr:
-            if k.col is None:
-                s += f"    const float* _B = _x; int64_t _ldb = {sxc};\n"
-            else:
-                sm = small[-1]
-                t = taps(Cg, f"const float* _xr = _x + _c*{sxc} + _b0; for (int64_t _o = 0; _o < _lo; _o++) _dr[_o] = 0.0f; "
-                             f"for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xr[_o*{k.strides[-1]} + _sh]; "
-                             f"for (int64_t _o = _hi; _o < {sm}; _o++) _dr[_o] = 0.0f;",
-                         f"for (int64_t _o = 0; _o < {sm}; _o++) _dr[_o] = 0.0f;", f"for (int64_t _r = 0; _r < {Cg * KK}; _r++)")
-                # on the pool: the task range is [_lo, _hi) over rows _r (inner _lo/_hi shadow it inside the row)
-                inner = t.split("\n", 2)[2].rsplit("    }\n", 1)[0]
-                body = (f"  for (int64_t _r = _lo; _r < _hi; _r++) {{\n"
-                        f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n{inner}  }}\n")
-                s += "  " + self.parallel(Cg * KK, max(1, Cg * KK // 16), body, ("_n", "_g")).lstrip()
-                s += f"    const float* _B = {self.bn(k.col.buf)} + {k.col.offset}; int64_t _ldb = {SP};\n"
-            s += f"    nnf_gemm_f32(0, {Mg}, {SP}, {Cg * KK}, {w} + {Wt.offset} + _g*{Mg * Cg * KK}, {Cg * KK}, _B, _ldb, _O, {som});\n  }}\n"
-        else:
-            # col[Mg*KK, SP] = W_g^T [Mg*KK, Cg] @ x_g [Cg, SP]; W_g is [Cg, Mg*KK] row-major
-            col = f"{self.bn(k.col.buf)} + {k.col.offset}"
-            s += f"    nnf_gemm_f32(1, {Mg * KK}, {SP}, {Cg}, {w} + {Wt.offset} + _g*{Cg * Mg * KK}, {Mg * KK}, _x, {sxc}, {col}, {SP});\n"
-            s += f"    for (int64_t _m = 0; _m < {Mg}; _m++) for (int64_t _p = 0; _p < {BP}; _p++) _O[_m*{som} + _p] = 0.0f;\n"
-            body = (f"float* _orow = _O + _c*{som} + _b0; for (int64_t _o = _lo; _o < _hi; _o++) "
-                    f"_orow[_o*{k.strides[-1]} + _sh] += _dr[_o];")
-            # rows of one output channel must not be scattered by two threads at once: parallel over channels only
-            s += taps(Mg, body, "", f"for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++)")
-            s += "  }\n"
-        if k.epilogue is not None:
-            names = ["_n", "_m"] + [f"_p{j}" for j in range(nd)]
-            em = self.emitter(names, {"acc": "_acc"})
-            opos = " + ".join(f"_p{j}*{math.prod(osp[j + 1:])}" for j in range(nd))
-            ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + {opos}]"
-            loops = " ".join(f"for (int64_t _p{j} = 0; _p{j} < {osp[j]}; _p{j}++)" for j in range(nd))
-            body = (f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n    int64_t _n = _f / {M}, _m = _f % {M};\n"
-                    f"    {loops} {{ float _acc = {ref}; {ref} = {em.expr(k.epilogue)}; }}\n  }}\n")
-            s += self.parallel(N * M, max(1, N * M // 16), body)
-        return s
+        from .conv import emit_conv as emit_f32_conv   # f32: im2col in panel layout + packed gemm (backends/cpu/conv.py)
+        return emit_f32_conv(self, k)
 
     def _loop_gemm(self, k: Gemm, c: str, base, optr: str, simd: bool, direct_epi=None, oref=None) -> str:
         """Portable gemm (row of the output accumulated in a local array; the n loop vectorizes)."""
@@ -871,7 +827,8 @@ def to_np(name: str):
 def generate(p: Program, profile: bool = False) -> str:
     """Kernels whose C bodies are identical (the same layer repeated: only the buffers differ, and those are
     parameters) are emitted once and called many times: less C to compile, same machine code."""
-    parts = [PRELUDE % {"abi": ABI_VERSION}, _tables(p)]
+    from .pack import C_SOURCE as PACK_C
+    parts = [PRELUDE % {"abi": ABI_VERSION}, PACK_C, _tables(p)]
     if any(k.meta.get("bf16_packed") for k in p.kernels):
         from .bf16 import C_SOURCE
         parts.append(C_SOURCE)

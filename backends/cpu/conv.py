@@ -1,0 +1,269 @@
+"""f32 conv on the cpu backend: one packed gemm per (image, group) on the pool, the epilogue fused into each task;
+conv_transpose by gemm + col2im.
+
+Two forms of the gemm (SP = output positions, K = Cg * taps), chosen per conv by which fills the 64-wide panels
+of the micro-kernel better (`rows_are_positions`):
+- O_g[Mg, SP] = W_g[Mg, K] @ col[K, SP]: col is written by the im2col straight in the panel layout of
+  backends/cpu/pack.py (64 positions per panel, K rows each, zero padded; a 1x1 stride-1 conv copies its input
+  the same way), W is packed at compile time in 6-row blocks (one contiguous stream for the micro-kernel).
+- C^T[SP, Mg] = col^T[SP, K] @ W_g^T[K, Mg]: W^T packed in 64-channel panels at compile time, col^T read in
+  place from a row-major im2col (or the input itself for a 1x1 stride-1 conv). ResNet's 7x7 (49 positions) and
+  14x14 (196) stages take this form: their channels (256..2048) fill every lane where positions fill 77%.
+Tasks are (row block) x (group of panels), split so a weight is read by one task where possible. Each task applies
+the epilogue (bias / folded BN, ReLU, residual add; in the second form also the transpose to NCHW) to the block it
+just computed, while it is in cache, instead of a separate pass over the output.
+"""
+from __future__ import annotations
+
+import math
+
+from ...ir.kernel import Conv
+from .pack import task_split
+
+
+def emit_conv(w, k: Conv) -> str:
+    from .codegen import CodegenError, comp, ctype
+    if comp(k.out.buf.dtype) != "float" or ctype(k.x.buf.dtype) != "float" or ctype(k.w.buf.dtype) != "float":
+        raise CodegenError("conv is supported for f32 only on the cpu backend")
+    geo = k.geometry()
+    return emit_transpose(w, k, geo) if geo.transpose else emit_forward(w, k, geo)
+
+
+def rows_are_positions(k: Conv) -> bool:
+    """Which gemm a forward conv with a constant weight becomes: W[Mg, K] @ col[K, SP] (columns = positions), or
+    col^T[SP, K] @ W^T[K, Mg] (columns = output channels) when the channels fill the 64-wide panels clearly
+    better than the positions do (ResNet's 7x7 and 14x14 stages: 49 of 64 and 196 of 256 lanes busy). With equal
+    fill, the second form when K >= 256 and the weight fits in L2: its panels then stay in cache while the
+    positions stream (measured 6-19% faster on ResNet's 56x56 3x3 64->64 and 1x1 256->64; with K = 64 or the
+    K = 147 stem, 25-35% slower)."""
+    geo = k.geometry()
+    sp = math.prod(geo.out_spatial)
+    fill = lambda n: n / (-(-n // 64) * 64)  # noqa: E731
+    K = geo.cg * geo.taps
+    if geo.transpose or sp < 6:
+        return False
+    return fill(geo.mg) > fill(sp) + 0.05 or (fill(geo.mg) >= fill(sp) and K >= 256 and K * geo.mg * 4 <= 1 << 20)
+
+
+def emit_forward(w, k: Conv, geo) -> str:
+    N, G, Cg, Mg, KK = geo.n, geo.groups, geo.cg, geo.mg, geo.taps
+    osp, ks = geo.out_spatial, geo.kernel
+    Wt, O = k.w, k.out
+    son, som = O.strides[0], O.strides[1]
+    wp, o = w.bn(Wt.buf), w.bn(O.buf)
+    SP, K = math.prod(osp), Cg * KK
+    plain = k.col is None and all(v == 1 for v in ks) and all(v == 1 for v in k.strides) and not any(k.pads)
+    if k.meta.get("f32_rows_are_positions"):
+        return emit_positions_as_rows(w, k, geo, plain)
+    npan = -(-SP // 64)
+    ps = K * 64                       # panel stride of the packed col
+    s = f"  float* _colp = nnf_f32_scratch({npan * ps}); (void)_colp;\n"
+    s += f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+    s += _im2col(w, k, geo, plain, "64", ps, npan * 64)
+
+    # ---- gemm tasks: (row block of output channels) x (group of panels), epilogue on each block
+    pt, ngp, mc, nm = task_split(npan, Mg, 8)
+    if k.meta.get("f32_rows6"):   # weight packed in 6-row blocks at compile time (pack.py): one contiguous stream
+        a = f"{wp} + {Wt.offset} + _g*{-(-Mg // 6) * 6 * K} + (_m0 / 6)*{6 * K}, {6 * K}, 1, 6"
+    else:
+        a = f"{wp} + {Wt.offset} + _g*{Mg * K} + _m0*{K}, {6 * K}, {K}, 1"
+    body = (f"  const float* _B = nnf_f32_buf;\n  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
+            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {Mg} ? _m0 + {mc} : {Mg};\n"
+            f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
+            f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
+            f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, _B, _pa, _pb, "
+            f"_O + _m0*{som}, {som});\n")
+    if k.epilogue is not None:
+        body += _epilogue(w, k, geo, "_m0", "_m1", "_pa * 64", "_pb * 64")
+    body += "  }\n"
+    work = Mg * K * SP
+    s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
+    return s + "  }\n"
+
+
+def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
+    """C^T[SP, Mg] = col^T[SP, K] @ W_g^T[K, Mg] with W_g^T packed in 64-channel panels at compile time (pack.py):
+    chosen when the output channels fill the panels better than the positions do (7x7 = 49, 14x14 = 196 positions,
+    256..2048 channels). col^T is read in place (sam = 1, sak = SP; a 1x1 stride-1 conv reads its input
+    directly); each task transposes its block into NCHW through the epilogue, while the block is in cache."""
+    N, G, Cg, Mg, KK = geo.n, geo.groups, geo.cg, geo.mg, geo.taps
+    X, Wt = k.x, k.w
+    sxn, sxc = X.strides[0], X.strides[1]
+    x, wp = w.bn(X.buf), w.bn(Wt.buf)
+    SP, K = math.prod(geo.out_spatial), Cg * KK
+    npm = -(-Mg // 64)
+    ldt = npm * 64 + 16   # C^T rows not a power-of-two apart (2048 floats: every row in the same L1 sets)
+    colsz = 0 if plain else K * SP
+    s = f"  float* _colp = nnf_f32_scratch({colsz + SP * ldt}); (void)_colp;\n"
+    s += f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+    if plain:
+        a_base, sak = f"{x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc}", sxc
+    else:
+        s += _im2col(w, k, geo, False, str(SP), 64, SP)
+        a_base, sak = "nnf_f32_buf", SP
+    pt, ngp, mc, nm = task_split(npm, SP, 8)
+    body = (f"  const float* _A = {a_base}; float* _Ct = nnf_f32_buf + {colsz};\n"
+            f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
+            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {SP} ? _m0 + {mc} : {SP};\n"
+            f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npm} ? _pa + {pt} : {npm};\n"
+            f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, "
+            f"{wp} + {Wt.offset} + _g*{npm * K * 64}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
+    body += _epilogue(w, k, geo, "_pa * 64", "(_pb * 64 < " + str(Mg) + " ? _pb * 64 : " + str(Mg) + ")", "_m0", "_m1",
+                      src=f"_Ct[_qq*{ldt} + _ml]")
+    body += "  }\n"
+    work = Mg * K * SP
+    s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
+    return s + "  }\n"
+
+
+def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> str:
+    """col rows (one per (c, tap)) into nnf_f32_buf, row r at r*rowlen, position q at (q/64)*ps + q%64: the panel
+    layout (rowlen 64, ps = 64K) or plain row-major (rowlen SP, ps 64). Positions [SP, padded) are zeroed.
+    Rows are the pool's tasks."""
+    nd = len(geo.kernel)
+    Cg, KK = geo.cg, geo.taps
+    isp, osp, ks = geo.in_spatial, geo.out_spatial, geo.kernel
+    X = k.x
+    sxn, sxc = X.strides[0], X.strides[1]
+    x = w.bn(X.buf)
+    SP, K = math.prod(osp), Cg * KK
+    body = (f"  float* _B = nnf_f32_buf;\n  for (int64_t _r = _lo; _r < _hi; _r++) {{\n"
+            f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+            f"    float* _d = _B + _r*{rowlen};\n")
+    if plain:
+        body += f"    nnf_row_put(_d, {ps}, 0, {SP}, _x + _r*{sxc}, 1);\n"
+    else:
+        body += f"    int64_t _c = _r / {KK}; (void)_c;\n"
+        rem = KK
+        for j in range(nd):
+            rem //= ks[j]
+            body += f"    int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
+        ind = "    "
+        for j in range(nd - 1):
+            body += f"{ind}for (int64_t _o{j} = 0; _o{j} < {osp[j]}; _o{j}++) {{\n"
+            ind += "  "
+            body += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+        L = nd - 1
+        sm, st, dl, pd = osp[L], k.strides[L], k.dilations[L], k.pads[L]
+        q0 = " + ".join([f"_o{j}*{math.prod(osp[j + 1:])}" for j in range(nd - 1)] + ["0"])
+        boff = " + ".join([f"_i{j}*{math.prod(isp[j + 1:])}" for j in range(nd - 1)] + ["0"])
+        body += f"{ind}int64_t _q = {q0};\n"
+        if nd > 1:
+            cond = " || ".join(f"_i{j} < 0 || _i{j} >= {isp[j]}" for j in range(nd - 1))
+            body += f"{ind}if ({cond}) {{ nnf_row_put(_d, {ps}, _q, {sm}, 0, 0); continue; }}\n"
+        # the valid outputs of this tap along the last axis: 0 <= o*st + sh < in  <=>  o in [lo, hi)
+        body += (f"{ind}int64_t _sh = _k{L}*{dl} - {pd};\n"
+                 f"{ind}int64_t _a = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st};\n"
+                 f"{ind}int64_t _b = {isp[L]} - _sh <= 0 ? 0 : ({isp[L]} - _sh + {st - 1}) / {st};\n"
+                 f"{ind}if (_a > {sm}) _a = {sm}; if (_b > {sm}) _b = {sm}; if (_b < _a) _b = _a;\n")
+        src = f"_x + _c*{sxc} + {boff} + _sh"
+        if ps == 64:   # row-major col: plain loops with constant strides (they vectorize), no panel bookkeeping
+            body += (f"{ind}{{ float* restrict _dq = _d + _q; const float* restrict _xs = {src};\n"
+                     f"{ind}  for (int64_t _o = 0; _o < _a; _o++) _dq[_o] = 0.0f;\n"
+                     f"{ind}  for (int64_t _o = _a; _o < _b; _o++) _dq[_o] = _xs[_o*{st}];\n"
+                     f"{ind}  for (int64_t _o = _b; _o < {sm}; _o++) _dq[_o] = 0.0f; }}\n")
+        else:
+            body += (f"{ind}nnf_row_put(_d, {ps}, _q, _a, 0, 0);\n"
+                     f"{ind}nnf_row_put(_d, {ps}, _q + _a, _b - _a, {src} + _a*{st}, {st});\n"
+                     f"{ind}nnf_row_put(_d, {ps}, _q + _b, {sm} - _b, 0, 0);\n")
+        for j in reversed(range(nd - 1)):
+            ind = ind[:-2]
+            body += f"{ind}}}\n"
+    if padded > SP:
+        body += f"    nnf_row_put(_d, {ps}, {SP}, {padded - SP}, 0, 0);\n"
+    body += "  }\n"
+    return "  " + w.parallel(K, max(1, K // 16), body, ("_n", "_g")).lstrip()
+
+
+def _epilogue(w, k: Conv, geo, c0: str, c1: str, q0: str, q1: str, src: str = "") -> str:
+    """The epilogue over the block just computed: channels [c0, c1) of group _g, positions [q0, q1), walked row
+    by row of the last spatial axis so the innermost loop is contiguous (it vectorizes). src: where the
+    accumulator comes from (default: the output element itself); it may use _qq (flat position) and _ml."""
+    nd = len(geo.kernel)
+    osp, Mg = geo.out_spatial, geo.mg
+    O = k.out
+    son, som = O.strides[0], O.strides[1]
+    SP, W = math.prod(osp), osp[-1]
+    names = ["_n", "_m"] + [f"_p{j}" for j in range(nd)]
+    em = w.emitter(names, {"acc": "_acc"})
+    opos = " + ".join(f"_p{j}*{math.prod(osp[j + 1:])}" for j in range(nd))
+    ref = f"{w.bn(O.buf)}[{O.offset} + _n*{son} + _m*{som} + {opos}]"
+    dec, rem = "", SP // W
+    for j in range(nd - 1):
+        rem //= osp[j]
+        dec += f"_p{j} = (_row / {rem}) % {osp[j]}; "
+    pdecl = ", ".join(f"_p{j}" for j in range(nd - 1))
+    val = em.expr(k.epilogue) if k.epilogue is not None else "_acc"
+    src = src or ref
+    return (f"    for (int64_t _ml = {c0}; _ml < {c1}; _ml++) {{\n"
+            f"      int64_t _m = _g*{Mg} + _ml;\n"
+            f"      int64_t _q = {q0}, _qe = {q1} < {SP} ? {q1} : {SP};\n"
+            f"      while (_q < _qe) {{\n"
+            f"        int64_t _row = _q / {W}, _s = _q % {W}, _e = _s + (_qe - _q) < {W} ? _s + (_qe - _q) : {W};\n"
+            + (f"        int64_t {pdecl}; {dec}\n" if nd > 1 else "        (void)_row;\n")
+            + f"        for (int64_t _p{nd - 1} = _s; _p{nd - 1} < _e; _p{nd - 1}++) {{ int64_t _qq = _q - _s + _p{nd - 1}; (void)_qq; "
+              f"float _acc = {src}; {ref} = {val}; }}\n"
+            f"        _q += _e - _s;\n      }}\n    }}\n")
+
+
+def emit_transpose(w, k: Conv, geo) -> str:
+    """col[Mg*KK, SP] = W_g^T @ x_g (one gemm into the scratch), then col2im scatter-add into the zeroed output."""
+    nd = len(geo.kernel)
+    N, M, G, Cg, Mg, KK = geo.n, geo.m, geo.groups, geo.cg, geo.mg, geo.taps
+    isp, osp, ks = geo.in_spatial, geo.out_spatial, geo.kernel
+    X, Wt, O = k.x, k.w, k.out
+    sxn, sxc = X.strides[0], X.strides[1]
+    son, som = O.strides[0], O.strides[1]
+    x, wp, o = w.bn(X.buf), w.bn(Wt.buf), w.bn(O.buf)
+    small, big = isp, osp          # the taps index the input; the output is scattered into
+    SP, BP = math.prod(small), math.prod(big)
+    col = f"{w.bn(k.col.buf)} + {k.col.offset}"
+    s = f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+    s += f"    const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+    s += f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
+    # W_g is [Cg, Mg*KK] row-major
+    s += f"    nnf_gemm_f32(1, {Mg * KK}, {SP}, {Cg}, {wp} + {Wt.offset} + _g*{Cg * Mg * KK}, {Mg * KK}, _x, {sxc}, {col}, {SP});\n"
+    s += f"    for (int64_t _m = 0; _m < {Mg}; _m++) for (int64_t _p = 0; _p < {BP}; _p++) _O[_m*{som} + _p] = 0.0f;\n"
+    # rows of one output channel must not be scattered by two threads at once: parallel over channels only
+    t = f"    #pragma omp parallel for schedule(static)\n    for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++) {{\n"
+    t += f"      int64_t _c = _r / {KK}; (void)_c;\n"
+    rem = KK
+    for j in range(nd):
+        rem //= ks[j]
+        t += f"      int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
+    t += f"      float* restrict _d = {col} + _r*{SP};\n"
+    ind = "      "
+    for j in range(nd - 1):
+        t += f"{ind}for (int64_t _o{j} = 0; _o{j} < {small[j]}; _o{j}++) {{\n"
+        ind += "  "
+        t += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+    soff = " + ".join([f"_o{j}*{math.prod(small[j + 1:])}" for j in range(nd - 1)] + ["0"])
+    boff = " + ".join([f"_i{j}*{math.prod(big[j + 1:])}" for j in range(nd - 1)] + ["0"])
+    L = nd - 1
+    st, dl, pd = k.strides[L], k.dilations[L], k.pads[L]
+    t += f"{ind}float* restrict _dr = _d + {soff}; (void)_dr;\n"
+    if nd > 1:
+        cond = " || ".join(f"_i{j} < 0 || _i{j} >= {big[j]}" for j in range(nd - 1))
+        t += f"{ind}if ({cond}) {{ continue; }}\n"
+    t += f"{ind}int64_t _b0 = {boff}; int64_t _sh = _k{L}*{dl} - {pd};\n"
+    t += (f"{ind}int64_t _lo = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st}; int64_t _hi = {big[L]} - _sh <= 0 ? 0 : "
+          f"({big[L]} - _sh + {st - 1}) / {st};\n")
+    t += f"{ind}if (_lo > {small[L]}) _lo = {small[L]}; if (_hi > {small[L]}) _hi = {small[L]}; if (_hi < _lo) _hi = _lo;\n"
+    t += (f"{ind}float* _orow = _O + _c*{som} + _b0; for (int64_t _o = _lo; _o < _hi; _o++) "
+          f"_orow[_o*{st} + _sh] += _dr[_o];\n")
+    for j in reversed(range(nd - 1)):
+        ind = ind[:-2]
+        t += f"{ind}}}\n"
+    s += t + "    }\n  }\n"
+    if k.epilogue is not None:
+        names = ["_n", "_m"] + [f"_p{j}" for j in range(nd)]
+        em = w.emitter(names, {"acc": "_acc"})
+        opos = " + ".join(f"_p{j}*{math.prod(osp[j + 1:])}" for j in range(nd))
+        ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + {opos}]"
+        loops = " ".join(f"for (int64_t _p{j} = 0; _p{j} < {osp[j]}; _p{j}++)" for j in range(nd))
+        body = (f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n    int64_t _n = _f / {M}, _m = _f % {M};\n"
+                f"    {loops} {{ float _acc = {ref}; {ref} = {em.expr(k.epilogue)}; }}\n  }}\n")
+        s += w.parallel(N * M, max(1, N * M // 16), body)
+    return s

@@ -1,0 +1,217 @@
+"""f32 gemm with B in 64-column panels: compile-time packing of constant weights, and the C that reads the layout.
+
+Packed layout: panel j holds B[0:K, 64j:64j+64] as K rows of 64 floats, one panel after the other (panel stride
+K*64), the last one zero padded. The micro-kernel (NNF_MK in codegen's prelude, ldb = 64) then streams B
+contiguously: the hardware prefetcher follows one stream instead of K rows 4*N bytes apart. A ragged last panel
+(N % 64) is computed at full width into a 6x64 tile and only its N % 64 valid columns are copied out, so every
+column runs through the vector kernel (no scalar tail loop, no ISA-specific masks: portable to any gcc target).
+
+Weights are packed once per compile (`pack_program`); runtime B operands (a conv's im2col) are written straight
+in this layout by the conv writer (backends/cpu/conv.py) into a scratch buffer.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ...ir.dtypes import dtype as to_dtype
+from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
+from ...passes.lower import cstrides
+
+PANEL = 64
+
+C_SOURCE = r"""
+#include <stdio.h>
+/* ---- f32 gemm over 64-column panels of B (backends/cpu/pack.py) ---- */
+/* rows [0, M) of one 64-column block of C over kc steps of k; b: kc rows of 64 floats. nw < 64 (a ragged last
+   panel): computed at full width into a tile, nw columns copied out. */
+static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A, int64_t sab,
+                           int64_t sam, int64_t sak, const float* b, float* C, int64_t ldc) {
+  float tile[6 * 64] __attribute__((aligned(64)));
+  if (nw < 64) memset(tile, 0, sizeof(tile));   /* the unused columns must not hold denormal/NaN garbage */
+  int linear = sab == 6 * sam;   /* a strided A: any row split; a 6-row-block A: runs stay inside a block */
+  for (int64_t m = 0; m < M;) {
+    int64_t rem = M - m;
+    int mr = rem == 7 && linear ? 4 : rem >= 6 ? 6 : (int)rem;   /* 49 rows = 7 x 6 + 4 + 3, not ... + 6 + 1 */
+    const float* a = A + (m / 6) * sab + (m % 6) * sam;   /* a run of mr rows never crosses a 6-row block */
+    float* c = C + m * ldc; float* t = c; int64_t lt = ldc;
+    if (nw < 64) {
+      t = tile; lt = 64;
+      if (!first) for (int r = 0; r < mr; r++) for (int64_t j = 0; j < nw; j++) tile[r * 64 + j] = c[r * ldc + j];
+    }
+    switch (mr) {
+      case 6: nnf_mk6(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+      case 5: nnf_mk5(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+      case 4: nnf_mk4(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+      case 3: nnf_mk3(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+      case 2: nnf_mk2(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+      default: nnf_mk1(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
+    }
+    if (nw < 64) for (int r = 0; r < mr; r++) for (int64_t j = 0; j < nw; j++) c[r * ldc + j] = tile[r * 64 + j];
+    m += mr;
+  }
+}
+/* C[0:M, 64*p0 : min(64*p1, N)] = alpha * A @ B with B packed (K rows per panel). A[m, k] is at
+   (m / 6) * sab + (m % 6) * sam + k * sak: a strided matrix (sab = 6 * sam), or a weight packed in 6-row blocks
+   (sab = 6K, sam = 1, sak = 6) so that the micro-kernel reads it as one contiguous stream. K blocked by 256 (a panel block,
+   64 KiB, stays in L2), rows blocked by 96 (an A block, 96 KiB, stays in L2 across the panels of the call). */
+static void nnf_gemm_pk(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sab, int64_t sam,
+                        int64_t sak, const float* Bp, int64_t p0, int64_t p1, float* C, int64_t ldc) {
+  const int64_t KC = 256, MC = 96;
+  if (K <= 0) {
+    for (int64_t m = 0; m < M; m++) for (int64_t n = p0 * 64; n < p1 * 64 && n < N; n++) C[m * ldc + n] = 0;
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    int64_t kc = K - k0 < KC ? K - k0 : KC;
+    int first = k0 == 0;
+    float sc = k0 + kc >= K ? alpha : 1.0f;
+    for (int64_t m0 = 0; m0 < M; m0 += MC) {
+      int64_t mc = M - m0 < MC ? M - m0 : MC;
+      for (int64_t p = p0; p < p1; p++) {
+        int64_t n = p * 64, nw = N - n < 64 ? N - n : 64;
+        nnf_panel_rows(mc, nw, kc, first, sc, A + (m0 / 6) * sab + k0 * sak, sab, sam, sak, Bp + p * K * 64 + k0 * 64,
+                       C + m0 * ldc + n, ldc);
+      }
+    }
+  }
+}
+/* Write cnt values s[0], s[st], ... (zeros when s is NULL) at positions q.. of one k row of a packed operand
+   (d: that row in panel 0; ps: the panel stride). Split at panel edges so the copies are contiguous loops. */
+static inline void nnf_row_put(float* d, int64_t ps, int64_t q, int64_t cnt, const float* s, int64_t st) {
+  while (cnt > 0) {
+    int64_t len = 64 - (q & 63); if (len > cnt) len = cnt;
+    float* restrict o = d + (q >> 6) * ps + (q & 63);
+    if (!s) for (int64_t i = 0; i < len; i++) o[i] = 0.0f;
+    else if (st == 1) for (int64_t i = 0; i < len; i++) o[i] = s[i];
+    else if (st == 2) for (int64_t i = 0; i < len; i++) o[i] = s[2 * i];   /* a constant stride: vectorized */
+    else for (int64_t i = 0; i < len; i++) o[i] = s[i * st];
+    if (s) s += len * st;
+    q += len; cnt -= len;
+  }
+}
+/* One growing scratch buffer for runtime-packed operands, taken by the calling thread before a parallel region
+   (kernels run one after the other, so one buffer serves them all). */
+static float* nnf_f32_buf = 0;
+static int64_t nnf_f32_cap = 0;
+static float* nnf_f32_scratch(int64_t n) {
+  if (n > nnf_f32_cap) {
+    free(nnf_f32_buf);
+    nnf_f32_buf = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    if (!nnf_f32_buf) { fprintf(stderr, "nnfuse cpu: out of memory for a %lld-float scratch\n", (long long)n); abort(); }
+    nnf_f32_cap = n;
+  }
+  return nnf_f32_buf;
+}
+"""
+
+
+def task_split(npan: int, rows: int, target: int) -> tuple[int, int, int, int]:
+    """(panels per task, panel groups, rows per task, row blocks) for about `target` pool tasks (handed out
+    dynamically). Rows are split only when there are fewer than `target` panel groups, since every row block
+    reads its panels again (weights, when the panels are a packed weight); row blocks of >= 24 rows, multiples
+    of 6 (the micro-kernel's height; 6-row blocks of a packed A start on a block), so A is reused across panels."""
+    pt = max(1, npan // target)   # rounded down: rather a few more panel groups than a row split
+    ngp = -(-npan // pt)
+    nm = max(1, min(-(-target // ngp), -(-rows // 24)))
+    mc = min(rows, -(-(-(-rows // nm)) // 6) * 6)
+    return pt, ngp, mc, -(-rows // mc)
+
+
+def packable(k: Gemm) -> bool:
+    """An f32 gemm whose B is a constant shared by every batch index (a weight): worth packing once."""
+    if k.meta.get("quant") or k.meta.get("bf16_packed") or not isinstance(k.b, Access):
+        return False
+    a, b, o = k.a, k.b, k.out
+    return (a.buf.dtype.name == b.buf.dtype.name == o.buf.dtype.name == "f32" and b.buf.kind == "const"
+            and all(s == 0 for s in b.strides[:len(k.batch)]) and k.n >= 1 and k.k >= 1)
+
+
+def strided_matrix(p: Program, acc: Access, rows: int, cols: int) -> np.ndarray:
+    """The [rows, cols] matrix of a constant that an access reads (strides of its last two axes), as a view."""
+    src = p.const_data[acc.buf.index].reshape(-1)
+    item = src.itemsize
+    return np.lib.stride_tricks.as_strided(src[acc.offset:], (rows, cols), (acc.strides[-2] * item, acc.strides[-1] * item))
+
+
+def pack_panels(w: np.ndarray) -> np.ndarray:
+    """[K, N] -> panels [ceil(N/64)][K][64] (zero padded), flattened."""
+    K, N = w.shape
+    NP = -(-N // PANEL)
+    buf = np.zeros((K, NP * PANEL), dtype=np.float32)
+    buf[:, :N] = w
+    return np.ascontiguousarray(buf.reshape(K, NP, PANEL).transpose(1, 0, 2)).reshape(-1)
+
+
+def add_const(p: Program, arr: np.ndarray, label: str) -> Buffer:
+    b = Buffer(f"w{len(p.consts)}", to_dtype(arr.dtype.name), int(arr.size), "const", len(p.consts), label=label)
+    p.consts.append(b)
+    p.const_data.append(arr)
+    return b
+
+
+def drop_unread(p: Program, dtypes=("f32",)) -> None:
+    """Consts no kernel reads any more (packed copies replaced them) are not passed to the call."""
+    used = {id(a.buf) for kk in p.kernels for a in kk.reads()}
+    used |= {id(p.consts[j]) for kind, j in p.output_aliases.values() if kind == "const"}
+    for i, (b, arr) in enumerate(zip(p.consts, p.const_data)):
+        if id(b) not in used and b.dtype.name in dtypes and b.numel > 1:
+            p.const_data[i] = np.zeros(1, arr.dtype)
+            b.numel = 1
+
+
+def pack_rows6(w: np.ndarray) -> np.ndarray:
+    """[G, M, K] (a conv weight per group) -> [G][ceil(M/6)][K][6] (zero padded rows), flattened: the A operand
+    layout of nnf_gemm_pk with sab = 6K, sam = 1, sak = 6."""
+    G, M, K = w.shape
+    MB = -(-M // 6)
+    buf = np.zeros((G, MB * 6, K), dtype=np.float32)
+    buf[:, :M] = w
+    return np.ascontiguousarray(buf.reshape(G, MB, 6, K).transpose(0, 1, 3, 2)).reshape(-1)
+
+
+def conv_packable(k: Conv) -> bool:
+    """An f32 forward conv with a constant weight (the bf16 path packs its own)."""
+    return (not k.meta.get("transpose") and not k.meta.get("bf16_packed") and k.w.buf.kind == "const"
+            and k.x.buf.dtype.name == k.w.buf.dtype.name == k.out.buf.dtype.name == "f32"
+            and tuple(k.w.strides) == cstrides((k.out_shape[1], k.in_shape[1] // max(k.group, 1)) + tuple(k.kernel)))
+
+
+def pack_program(p: Program) -> int:
+    """Give every packable f32 gemm its weight in 64-column panels and every f32 conv its weight in 6-row blocks
+    (new const buffers), at compile time; a weight read by several kernels the same way is packed once."""
+    if os.environ.get("NNFUSE_F32_PACK", "1") == "0":   # A/B comparisons: the unpacked kernels, same program otherwise
+        return 0
+    done: dict[tuple, Buffer] = {}
+    n = 0
+    for k in p.kernels:
+        if isinstance(k, Conv) and conv_packable(k):
+            geo = k.geometry()
+            K = geo.cg * geo.taps
+            src = p.const_data[k.w.buf.index].reshape(-1)[k.w.offset:k.w.offset + geo.m * K]
+            key = ("conv", id(k.w.buf), k.w.offset, geo.m, K, geo.groups)
+            from .conv import rows_are_positions
+            pos = rows_are_positions(k)
+            key += (pos,)
+            if key not in done:
+                wg = src.reshape(geo.groups, geo.mg, K)
+                arr = (np.concatenate([pack_panels(wg[j].T) for j in range(geo.groups)]) if pos else pack_rows6(wg))
+                done[key] = add_const(p, arr, k.w.buf.label + (" (f32 W^T panels)" if pos else " (f32 6-row blocks)"))
+            k.w = Access(done[key], 0, (1,))
+            k.meta["f32_rows_are_positions" if pos else "f32_rows6"] = True
+            n += 1
+            continue
+        if not (isinstance(k, Gemm) and packable(k)):
+            continue
+        b = k.b
+        key = (id(b.buf), b.offset, b.strides[-2:], k.k, k.n)
+        nb = done.get(key)
+        if nb is None:
+            nb = done[key] = add_const(p, pack_panels(strided_matrix(p, b, k.k, k.n)), b.buf.label + " (f32 panels)")
+        k.b = Access(nb, 0, (0,) * len(k.batch) + (PANEL, 1))   # read through the panel layout (meta), not these strides
+        k.meta["f32_packed"] = True
+        n += 1
+    if n:
+        drop_unread(p)
+    return n
