@@ -95,12 +95,13 @@ def _quantize_dynamic(ex, n, ins):
         raise OnnxExportError(f"onnx export: quantize_dynamic {dict(a)} has no ONNX form (symmetric integer per-token "
                               "or per-tensor with f32 scales only)")
     import ml_dtypes
-    qmax = float(ml_dtypes.iinfo(d.np).max)
+    qmax, qmin = float(ml_dtypes.iinfo(d.np).max), float(ml_dtypes.iinfo(d.np).min)
     x = _f32(ex, ins[0], n.inputs[0].type)
     r = n.inputs[0].type.rank
     axes = list(range(r)) if a["group"] == -1 else [a["axis"] % r]
     amax = ex.node("Mul", [ex.node("ReduceMax", [ex.node("Abs", [x]), ex.ints(axes, "axes")], keepdims=1), ex.scalar(a["clip"], "f32")])
     scale = ex.node("Where", [ex.node("Greater", [amax, ex.scalar(0.0, "f32")]), ex.node("Div", [amax, ex.scalar(qmax, "f32")]),
                               ex.scalar(1.0, "f32")])
-    y = ex.node("Clip", [ex.node("Round", [ex.node("Div", [x, scale])]), ex.scalar(-qmax, "f32"), ex.scalar(qmax, "f32")])
+    y = ex.node("Clip", [ex.node("Round", [ex.node("Div", [x, scale])]), ex.scalar(qmin, "f32"), ex.scalar(qmax, "f32")])
+    # [qmin, qmax] as the reference: with clip < 1 a value can round to qmin (-8 for int4)
     return [ex.node("Cast", [y], to=IR_DTYPE_TO_ONNX[a["dtype"]]), scale]

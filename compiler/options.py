@@ -34,6 +34,8 @@ PASS_OPTIONS = {
     "quant_mode": "'dynamic' or 'static' activations", "calib_method": "static ranges: minmax, percentile, mse",
     "percentile": "percentile for calib_method='percentile'", "act_clip": "activation clipping ratio",
     "granularity": "weight quantization granularity", "fallback_group": "use a smaller group when one does not divide",
+    "gptq": "GPTQ error-compensating weight rounding (default: on for <=4-bit int weights with quantized activations)",
+    "gptq_samples": "random calibration samples for GPTQ (default 8)", "gptq_damp": "GPTQ Hessian dampening (0.01)",
     # reduced precision
     "precision": "'fp32', 'bf16' or 'fp16'", "accuracy_report": "measure the reduced-precision error vs fp32",
 }

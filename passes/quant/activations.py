@@ -10,6 +10,7 @@ the weight is dequantized: the same numbers a kernel computing in that format pr
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,7 +20,71 @@ from ..calibration import calibration_inputs, trace
 from ..manager import PassContext, register_pass
 from .common import (QuantPassError, add_node, check_calibration, check_scheme, dequant_weight, quantize_weight, replace_weight,
                      summarize, tidy, weight_row)
+from . import gptq
 from .weights import layer_plan
+
+
+def gptq_on(cfg, ctx: PassContext) -> bool:
+    """Option gptq=True|False; by default on where round-to-nearest costs most: <= 4-bit integer weights with
+    quantized activations (W4A4, W4A8, QuaRot's setting)."""
+    on = ctx.get("gptq")
+    if on is None:
+        return cfg.acts is not None and cfg.weights.element.kind == "int" and cfg.weights.element.bits <= 4
+    return bool(on)
+
+
+def mse_clip_on(cfg, ctx: PassContext) -> bool:
+    """act_clip="mse": a clipping ratio per activation, searched on calibration data; the default for <= 4-bit
+    integer per-token dynamic activations (a fixed act_clip=R sets one ratio for all)."""
+    a, opt = cfg.acts, ctx.get("act_clip")
+    if a is None or cfg.mode != "dynamic" or a.element.kind != "int" or a.group != 0:
+        return False
+    return opt == "mse" or (opt is None and a.element.bits <= 4)
+
+
+CLIP_RATIOS = np.linspace(0.5, 1.0, 11)
+
+
+def _clip_errors(x: np.ndarray, a: Scheme) -> np.ndarray:
+    """Squared error of per-token quantization of x [T, K] at each CLIP_RATIOS ratio."""
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    out = []
+    for r in CLIP_RATIOS:
+        sc = np.where(amax > 0, amax * np.float32(r) / np.float32(a.element.qmax), np.float32(1)).astype(np.float32)
+        q = quantize_with(x, sc, None, a.element, axis=-1).astype(np.float32) * sc
+        out.append(float(((q - x) ** 2).sum()))
+    return np.array(out)
+
+
+def calibrate(g: Graph, ctx: PassContext, cfg, plan) -> tuple[dict, dict, dict]:
+    """One trace of the fp32 graph on calibration samples gives what round-to-nearest does not need: the input
+    Hessians x^T x of the layers GPTQ rounds and the MSE-best clipping ratio of each quantized activation.
+    Returns (hessians by value id, clip ratio by value id, report entries)."""
+    gq, mc = gptq_on(cfg, ctx), mse_clip_on(cfg, ctx)
+    hv = sorted({L.x.id for L, s, _ in plan if L.kind == "matmul" and gptq.supports(s)}) if gq else []
+    cv = sorted({L.x.id for L, _, _ in plan if L.x.dtype.is_float}) if mc else []
+    if not hv and not cv:
+        return {}, {}, ({"gptq": "no integer matmul weights"} if gq else {})
+    opts = dict(ctx.options)
+    opts.setdefault("calibration_samples", int(ctx.get("gptq_samples", 8)))
+    samples, origin = calibration_inputs(g, opts)
+    check_calibration(g, samples)
+    hess: dict = {}
+    errs: dict = {}
+    for smp in samples:
+        env = trace(g, smp)
+        for vid in hv:
+            hess[vid] = gptq.accumulate(hess.get(vid), env[vid])
+        for vid in cv:
+            x = np.asarray(env[vid], np.float32)
+            errs[vid] = errs.get(vid, 0) + _clip_errors(x.reshape(-1, x.shape[-1]), cfg.acts)
+    clips = {vid: float(CLIP_RATIOS[int(np.argmin(e))]) for vid, e in errs.items()}
+    note = {"calibration": origin}
+    if hv:
+        note["gptq_layers_inputs"] = len(hv)
+    if clips:
+        note["act_clip_mse"] = {"min": min(clips.values()), "max": max(clips.values())}
+    return hess, clips, note
 
 
 def integer_path(w: Scheme, a: Scheme) -> bool:
@@ -42,6 +107,7 @@ def rewrite(g: Graph, ctx: PassContext, static_scales: "dict | None" = None) -> 
     cfg, plan, excluded = layer_plan(g, ctx)
     a = cfg.acts
     rows, skipped, acts = [], [], {}
+    hess, clips, cal_note = calibrate(g, ctx, cfg, plan) if static_scales is None else ({}, {}, {})
     for L, w_s, note in plan:
         if L.kind == "conv":
             raise QuantPassError(f"layer {L.name} (conv): activation quantization ({a.describe()}) is not supported on "
@@ -53,11 +119,12 @@ def rewrite(g: Graph, ctx: PassContext, static_scales: "dict | None" = None) -> 
         if not x.dtype.is_float:
             skipped.append({"layer": L.name, "reason": f"activation dtype {x.dtype}"})
             continue
-        qt = quantize_weight(L, w_s)
+        h = hess.get(L.x.id) if L.kind == "matmul" and gptq.supports(w_s) else None
+        qt = quantize_weight(L, w_s) if h is None else gptq.gptq(L.w, h, w_s, float(ctx.get("gptq_damp", 0.01)))
         st = None if static_scales is None else static_scales[x.id]
         key = (x.id, a)
         if key not in acts:
-            acts[key] = _act_node(g, x, a, n, st)
+            acts[key] = _act_node(g, x, replace(a, clip=clips[x.id]) if x.id in clips else a, n, st)
         qx, sx = acts[key]
         base = n.inputs[1].name or "w"
         if integer_path(w_s, a):
@@ -84,7 +151,7 @@ def rewrite(g: Graph, ctx: PassContext, static_scales: "dict | None" = None) -> 
         row["act_format"] = a.describe().replace("per-channel", "per-token") + (" static" if static_scales is not None else "")
         rows.append(row)
     tidy(g)
-    return {"scheme": cfg.describe(), "int_gemms": sum(1 for n in g.nodes if n.op == "matmul_integer"),
+    return {"scheme": cfg.describe(), **cal_note, "int_gemms": sum(1 for n in g.nodes if n.op == "matmul_integer"),
             **summarize(rows, excluded, skipped)}
 
 

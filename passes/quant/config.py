@@ -77,6 +77,8 @@ def parse_config(q: Any, options: Optional[dict] = None) -> QuantConfig:
         raise NnfuseError(f"quant_mode must be 'dynamic' or 'static', got {mode!r}")
     if cfg.acts is not None and cfg.acts.is_nv:
         raise NnfuseError("NV (two-level fp8-scaled) formats are weight-only here; use an MX or int format for activations")
-    clip = options.get("act_clip")
-    acts = replace(cfg.acts, clip=float(clip)) if clip is not None and cfg.acts is not None else cfg.acts
+    clip = options.get("act_clip")      # a ratio, or "mse" (searched per activation by the quantize passes)
+    if clip is not None and clip != "mse" and not isinstance(clip, (int, float)):
+        raise NnfuseError(f"act_clip must be a ratio in (0, 1] or 'mse', got {clip!r}")
+    acts = replace(cfg.acts, clip=float(clip)) if clip not in (None, "mse") and cfg.acts is not None else cfg.acts
     return replace(cfg, acts=acts, mode=mode if cfg.acts is not None else "dynamic", exclude=exclude or cfg.exclude)

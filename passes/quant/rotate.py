@@ -111,6 +111,18 @@ def plan(g: Graph):
     return stack, norms, writers, emb
 
 
+def online_hadamard_kinds(opt) -> tuple[str, ...]:
+    """Blocks whose output projection gets an online Hadamard on its input. "all": FFN down_proj and attention out_proj
+    (QuaRot rotates both: its per-head V rotation plus the online one across heads is one Hadamard of the attention
+    output, which this applies directly); True / "ffn": down_proj only (the default: on the outlier bar the
+    out_proj rotation changed the W4A4 error by < 1%, and it costs an online transform); False: none."""
+    if opt == "all":
+        return ("ffn", "attention")
+    if opt is True or opt == "ffn":
+        return ("ffn",)
+    return ("attention",) if opt == "attention" else ()
+
+
 @register_pass("rotate-hadamard", exact=False)
 def rotate_hadamard(g: Graph, ctx: PassContext) -> dict:
     """QuaRot: fold RMSNorm gains and a randomized Hadamard into the residual-stream weights; online FWHT before down_proj."""
@@ -133,9 +145,10 @@ def rotate_hadamard(g: Graph, ctx: PassContext) -> dict:
             g.replace_uses(gmul.outputs[0], r.outputs[0])
     # writers: W Q (bias Q); the online Hadamard goes before FFN down projections
     online, online_skipped = 0, []
+    online_kinds = online_hadamard_kinds(ctx.get("online_hadamard", True))
     for b, L in writers:
         w = L.w.astype(np.float64)
-        if b.kind == "ffn" and ctx.get("online_hadamard", True):
+        if b.kind in online_kinds:
             k = w.shape[0]
             if hadamard_split(k) is not None and isinstance(L.x.shape[-1], int):
                 h = add_node(g, L.node, "hadamard", [L.x], L.node.meta).outputs[0]
