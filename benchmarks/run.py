@@ -140,7 +140,12 @@ def fma_peak(threads: int) -> float:
     from nnfuse.backends.cpu.build import build
     src = r"""
 #include <omp.h>
-typedef float v16 __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define VW 16   /* the widest vector the target has: a wider one would live on the stack */
+#else
+#define VW 8
+#endif
+typedef float v16 __attribute__((vector_size(VW * 4)));
 double nnf_peak(long iters, int threads) {
   double t0 = omp_get_wtime();
   float sink = 0;
@@ -155,10 +160,10 @@ double nnf_peak(long iters, int threads) {
       __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
     }
     v16 t = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;
-    for (int j = 0; j < 16; j++) sink += t[j];
+    for (int j = 0; j < VW; j++) sink += t[j];
   }
   double t = omp_get_wtime() - t0;
-  return sink == 12345.0f ? 0 : 2.0 * 12 * 16 * iters * threads / t / 1e9;
+  return sink == 12345.0f ? 0 : 2.0 * 12 * VW * iters * threads / t / 1e9;
 }
 """
     path, _, _ = build(src)

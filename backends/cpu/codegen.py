@@ -170,34 +170,57 @@ static inline double nnf_modd(double a, double b) { double r = fmod(a, b); retur
 static inline int64_t nnf_modi(int64_t a, int64_t b) { if (b == 0) return 0; int64_t r = a %% b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r; }
 static inline int64_t nnf_divi(int64_t a, int64_t b) { return b == 0 ? a : a / b; }
 /* Generated-C gemm, no packing: C[M, 0:N] = alpha * A @ B with A of any strides (sam, sak) and B row-major.
-   B is streamed in 64-column panels (4 vectors of 16), K blocked by 256 so a panel stays in L2, 6x64 register
-   tile (24 vector accumulators). Written with GCC vector extensions: AVX-512 with -march=native where the
-   CPU has it, two AVX2 halves otherwise. Measured against OpenBLAS in docs/benchmarks.md. */
+   B is streamed in 64-column panels, K blocked by 256 so a panel stays in L2. The register tile is sized to the
+   target's vector registers (compiler target macros under -march=native): AVX-512 (32 x 16 floats) takes a
+   6x64 tile (24 accumulators + 4 B vectors + 1 broadcast); AVX2 and narrower (16 registers) a 6x16 tile
+   (12 + 2 + 1) run over the panel's four 16-column slices. A vector wider than the registers is never used in
+   the tile: gcc lowers such a vector through the stack (a 6x64 tile of 64-byte vectors ran at 3.6 GFLOP/s on
+   an AVX2 Zen 3 core, 20x below its peak). Measured against OpenBLAS in docs/benchmarks.md. */
 typedef float nnf_v16 __attribute__((vector_size(64)));
 typedef float nnf_v16u __attribute__((vector_size(64), aligned(4)));
 #define NNF_LD(p) (*(const nnf_v16u*)(p))
 #define NNF_ST(p, v) (*(nnf_v16u*)(p) = (v))
+#if defined(__AVX512F__)
+#define NNF_VW 16   /* floats in one vector register */
+#define NNF_TV 4    /* vectors across one tile row */
+#elif defined(__AVX__)
+#define NNF_VW 8
+#define NNF_TV 2
+#else
+#define NNF_VW 4
+#define NNF_TV 2
+#endif
+typedef float nnf_vf __attribute__((vector_size(NNF_VW * 4)));
+typedef float nnf_vfu __attribute__((vector_size(NNF_VW * 4), aligned(4)));
+#define NNF_VLD(p) (*(const nnf_vfu*)(p))
+#define NNF_VST(p, v) (*(nnf_vfu*)(p) = (v))
 static int nnf_gemm_mode = 0;   /* 0: generated kernel where it applies, 1: always BLAS */
 void nnf_set_gemm_mode(int m) { nnf_gemm_mode = m; }
-/* MR x 64 register tile over kc steps of k (MR*4 vector accumulators; 4 B vectors + 1 broadcast live). Not inlined:
-   inlined into its callers, gcc ran out of the 32 vector registers and spilled a B vector on every k step. */
+/* MR x NNF_SW block (one slice: MR x NNF_TV register vectors) over kc steps of k. Not inlined: inlined into its
+   callers, gcc ran out of vector registers and spilled a B vector on every k step. */
+#define NNF_SW (NNF_TV * NNF_VW)
 #define NNF_MK(MR)                                                                                               \
-static __attribute__((noinline)) void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, int64_t sam,    \
-                                                  int64_t sak,                                                 \
-                              const float* b, int64_t ldb, float* c, int64_t ldc) {                              \
-  nnf_v16 acc[MR][4];                                                                                            \
-  for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++)                                                       \
-    acc[r][j] = first ? (nnf_v16){0} : NNF_LD(c + r * ldc + 16 * j);                                             \
+static __attribute__((noinline)) void nnf_mks##MR(int64_t kc, int first, float sc, const float* a, int64_t sam,   \
+                                                   int64_t sak, const float* b, int64_t ldb, float* c, int64_t ldc) { \
+  nnf_vf acc[MR][NNF_TV];                                                                                        \
+  for (int r = 0; r < MR; r++) for (int j = 0; j < NNF_TV; j++)                                                  \
+    acc[r][j] = first ? (nnf_vf){0} : NNF_VLD(c + r * ldc + NNF_VW * j);                                         \
   for (int64_t k = 0; k < kc; k++) {                                                                             \
-    nnf_v16 b0 = NNF_LD(b), b1 = NNF_LD(b + 16), b2 = NNF_LD(b + 32), b3 = NNF_LD(b + 48);                       \
+    nnf_vf bv[NNF_TV];                                                                                           \
+    for (int j = 0; j < NNF_TV; j++) bv[j] = NNF_VLD(b + NNF_VW * j);                                            \
     b += ldb;                                                                                                    \
     _Pragma("GCC unroll 8")                                                                                      \
     for (int r = 0; r < MR; r++) {                                                                               \
-      nnf_v16 av = a[r * sam + k * sak] - (nnf_v16){0};   /* x - 0 == x exactly (x + 0 is not: -0): a plain broadcast */ \
-      acc[r][0] += av * b0; acc[r][1] += av * b1; acc[r][2] += av * b2; acc[r][3] += av * b3;                     \
+      nnf_vf av = a[r * sam + k * sak] - (nnf_vf){0};   /* x - 0 == x exactly (x + 0 is not: -0): a broadcast */   \
+      for (int j = 0; j < NNF_TV; j++) acc[r][j] += av * bv[j];                                                  \
     }                                                                                                            \
   }                                                                                                              \
-  for (int r = 0; r < MR; r++) for (int j = 0; j < 4; j++) NNF_ST(c + r * ldc + 16 * j, acc[r][j] * sc);         \
+  for (int r = 0; r < MR; r++) for (int j = 0; j < NNF_TV; j++) NNF_VST(c + r * ldc + NNF_VW * j, acc[r][j] * sc); \
+}                                                                                                                \
+/* MR x 64: the slices of a 64-column panel one after the other */                                              \
+static inline void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, int64_t sam, int64_t sak,          \
+                              const float* b, int64_t ldb, float* c, int64_t ldc) {                              \
+  for (int s = 0; s < 64; s += NNF_SW) nnf_mks##MR(kc, first, sc, a, sam, sak, b + s, ldb, c + s, ldc);           \
 }
 NNF_MK(6)
 NNF_MK(5)

@@ -28,29 +28,39 @@ C_SOURCE = r"""
    panel): computed at full width into a tile, nw columns copied out. */
 static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A, int64_t sab,
                            int64_t sam, int64_t sak, const float* b, float* C, int64_t ldc) {
-  float tile[6 * 64] __attribute__((aligned(64)));
-  if (nw < 64) memset(tile, 0, sizeof(tile));   /* the unused columns must not hold denormal/NaN garbage */
-  int linear = sab == 6 * sam;   /* a strided A: any row split; a 6-row-block A: runs stay inside a block */
-  for (int64_t m = 0; m < M;) {
-    int64_t rem = M - m;
-    int mr = rem == 7 && linear ? 4 : rem >= 6 ? 6 : (int)rem;   /* 49 rows = 7 x 6 + 4 + 3, not ... + 6 + 1 */
-    const float* a = A + (m / 6) * sab + (m % 6) * sam;   /* a run of mr rows never crosses a 6-row block */
-    float* c = C + m * ldc; float* t = c; int64_t lt = ldc;
-    if (nw < 64) {
-      t = tile; lt = 64;
-      if (!first) for (int r = 0; r < mr; r++) for (int64_t j = 0; j < nw; j++) tile[r * 64 + j] = c[r * ldc + j];
+  float tile[96 * 64] __attribute__((aligned(64)));
+  float* c = C; int64_t lc = ldc;
+  if (nw < 64) {   /* ragged: a zero-padded tile (no denormal/NaN garbage in the unused columns) */
+    if (M > 96) {
+      for (int64_t m = 0; m < M; m += 96)
+        nnf_panel_rows(M - m < 96 ? M - m : 96, nw, kc, first, sc, A + (m / 6) * sab, sab, sam, sak, b, C + m * ldc, ldc);
+      return;
     }
-    switch (mr) {
-      case 6: nnf_mk6(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-      case 5: nnf_mk5(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-      case 4: nnf_mk4(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-      case 3: nnf_mk3(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-      case 2: nnf_mk2(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-      default: nnf_mk1(kc, first, sc, a, sam, sak, b, 64, t, lt); break;
-    }
-    if (nw < 64) for (int r = 0; r < mr; r++) for (int64_t j = 0; j < nw; j++) c[r * ldc + j] = tile[r * 64 + j];
-    m += mr;
+    memset(tile, 0, sizeof(float) * 64 * M);
+    if (!first) for (int64_t r = 0; r < M; r++) for (int64_t j = 0; j < nw; j++) tile[r * 64 + j] = C[r * ldc + j];
+    c = tile; lc = 64;
   }
+  int linear = sab == 6 * sam;   /* a strided A: any row split; a 6-row-block A: runs stay inside a block */
+  /* slices outermost: one slice of B (kc x NNF_SW, 16 KiB at kc 256 on AVX2) stays in L1 across the row blocks */
+  for (int s = 0; s < 64; s += NNF_SW) {
+    if (s >= nw) break;
+    for (int64_t m = 0; m < M;) {
+      int64_t rem = M - m;
+      int mr = (rem == 7 || rem == 8) && linear ? 4 : rem >= 6 ? 6 : (int)rem;   /* 32 rows: 4 x 6 + 4 + 4, not 5 x 6 + 2 */
+      const float* a = A + (m / 6) * sab + (m % 6) * sam;   /* a run of mr rows never crosses a 6-row block */
+      float* t = c + m * lc + s;
+      switch (mr) {
+        case 6: nnf_mks6(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        case 5: nnf_mks5(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        case 4: nnf_mks4(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        case 3: nnf_mks3(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        case 2: nnf_mks2(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        default: nnf_mks1(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+      }
+      m += mr;
+    }
+  }
+  if (nw < 64) for (int64_t r = 0; r < M; r++) for (int64_t j = 0; j < nw; j++) C[r * ldc + j] = tile[r * 64 + j];
 }
 /* C[0:M, 64*p0 : min(64*p1, N)] = alpha * A @ B with B packed (K rows per panel). A[m, k] is at
    (m / 6) * sab + (m % 6) * sam + k * sak: a strided matrix (sab = 6 * sam), or a weight packed in 6-row blocks
