@@ -22,6 +22,7 @@ import numpy as np
 
 from ...ir.dtypes import dtype as to_dtype
 from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
+from .pack import add_const
 
 PANEL = 64
 
@@ -238,10 +239,7 @@ def pack_program(p: Program) -> int:
             arr = pack_conv_weight(src.reshape(-1)[k.w.offset:k.w.offset + k.out_shape[1] * k.in_shape[1] * int(np.prod(k.kernel))]
                                    .reshape(k.out_shape[1], k.in_shape[1], *k.kernel), rows_pos)
             k.meta["bf16_rows_are_positions"] = rows_pos
-            nb = Buffer(f"w{len(p.consts)}", to_dtype("bf16"), int(arr.size), "const", len(p.consts),
-                        label=k.w.buf.label + " (bf16 packed)")
-            p.consts.append(nb)
-            p.const_data.append(arr)
+            nb = add_const(p, arr, k.w.buf.label + " (bf16 packed)", to_dtype("bf16"))
             k.w = Access(nb, 0, (1,))
             k.meta["bf16_packed"] = True
             n += 1
@@ -257,11 +255,7 @@ def pack_program(p: Program) -> int:
             view = np.lib.stride_tricks.as_strided(src.reshape(-1)[b.offset:], (k.k, k.n),
                                                    (b.strides[-2] * item, b.strides[-1] * item))
             arr = pack_b(view)
-            nb = Buffer(f"w{len(p.consts)}", b.buf.dtype, int(arr.size), "const", len(p.consts),
-                        label=b.buf.label + " (bf16 packed)")
-            p.consts.append(nb)
-            p.const_data.append(arr)
-            done[key] = nb
+            nb = done[key] = add_const(p, arr, b.buf.label + " (bf16 packed)", b.buf.dtype)
         k.b = Access(nb, 0, (0,) * len(k.batch) + (k.n, 1))   # the C reads it through the packed layout (meta below), not these strides
         k.meta["bf16_packed"] = True
         n += 1

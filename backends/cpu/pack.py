@@ -154,8 +154,23 @@ def pack_panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(buf.reshape(K, NP, PANEL).transpose(1, 0, 2)).reshape(-1)
 
 
-def add_const(p: Program, arr: np.ndarray, label: str) -> Buffer:
-    b = Buffer(f"w{len(p.consts)}", to_dtype(arr.dtype.name), int(arr.size), "const", len(p.consts), label=label)
+def aligned(arr: np.ndarray, align: int = 64) -> np.ndarray:
+    """`arr` (flattened) at an `align`-byte aligned address: numpy only guarantees 16, and a vector load that crosses
+    a cache line costs two (32-byte loads from a 16-byte aligned panel: ~10% of the gemm time on a Zen 3 core)."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if flat.ctypes.data % align == 0:
+        return flat
+    raw = np.empty(flat.nbytes + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    out = raw[off:off + flat.nbytes].view(flat.dtype)
+    out[...] = flat
+    return out
+
+
+def add_const(p: Program, arr: np.ndarray, label: str, dt=None) -> Buffer:
+    """A new const buffer of `p` holding a compile-time packed copy `arr` (stored 64-byte aligned)."""
+    arr = aligned(arr)
+    b = Buffer(f"w{len(p.consts)}", dt or to_dtype(arr.dtype), int(arr.size), "const", len(p.consts), label=label)
     p.consts.append(b)
     p.const_data.append(arr)
     return b

@@ -367,15 +367,13 @@ def _matrix(p, acc, rows: int, cols: int) -> np.ndarray:
 def pack_program(p) -> int:
     """Give every quantized gemm (meta["quant"], set by passes/lower_quant.py) its weights in the kernel's packed
     layout, as new const buffers, at compile time; shared weights are packed once."""
-    from ...ir.dtypes import dtype as to_dtype
-    from ...ir.kernel import Access, Buffer, QuantOperand
+    from ...ir.kernel import Access, QuantOperand
     done: dict = {}
 
+    from .pack import add_const
+
     def add(arr: np.ndarray, label: str):
-        b = Buffer(f"w{len(p.consts)}", to_dtype(arr.dtype), int(arr.size), "const", len(p.consts), label=label)
-        p.consts.append(b)
-        p.const_data.append(arr)
-        return b
+        return add_const(p, arr, label)
     n = 0
     for k in p.kernels:
         kind = k.meta.get("quant")
