@@ -49,6 +49,7 @@ static inline int32_t nnf_apair(const uint16_t* a, int64_t p, int odd_tail) {
   if (odd_tail) return (int32_t)(uint32_t)a[2 * p];
   int32_t v; memcpy(&v, a + 2 * p, 4); return v;
 }
+#if defined(NNF_AVX512BF16) || defined(__AVX512F__)
 #if !defined(NNF_AVX512BF16)
 typedef uint32_t nnf_u16x2 __attribute__((vector_size(64)));
 typedef uint32_t nnf_u16x2u __attribute__((vector_size(64), aligned(2)));
@@ -175,6 +176,48 @@ static void nnf_gemm_bf16s(int64_t M, int64_t n0, int64_t n1, int64_t K, float a
     }
   }
 }
+#else
+/* Widening on a 16-register target (AVX2 and below), where neither the bf16 dot product nor 32 vector registers
+   exist: the 64-byte vectors of the kernels above would live on the stack (a bf16 GPT-2 ran 12x slower than f32
+   on a Zen 3). Instead each k block of the tile's A rows and each micro-panel of B are widened to f32 scratch once
+   (a shift and a mask per pair lane) and the f32 micro-kernel (nnf_panel_rows) runs on them: the weights still
+   cost half the bytes of f32, the arithmetic is the f32 kernel's. Same packed layout, same results (bf16 values
+   are exact in f32; only the f32 summation order differs). */
+static float* nnf_bf16_wide(int slot, int64_t n) {
+  static __thread float* buf[2]; static __thread int64_t cap[2];
+  if (cap[slot] < n) {
+    free(buf[slot]); buf[slot] = (float*)aligned_alloc(64, (size_t)(n * 4 + 63) / 64 * 64); cap[slot] = n;
+    if (!buf[slot]) { fprintf(stderr, "nnfuse cpu: out of memory for bf16 widening scratch\n"); abort(); }
+  }
+  return buf[slot];
+}
+static void nnf_gemm_bf16s(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const uint16_t* A, int64_t lda,
+                           const uint16_t* Bp, int64_t ps, int64_t bs, float* C, int64_t ldc) {
+  if (K <= 0) { for (int64_t m = 0; m < M; m++) for (int64_t n = 0; n < n1 - n0; n++) C[m * ldc + n] = 0; return; }
+  const int64_t KP = (K + 1) / 2, KCP = 128;   /* 256 k per block: the f32 kernel's K block */
+  float* af = nnf_bf16_wide(0, M * 256);
+  float* bf = nnf_bf16_wide(1, 256 * 64);
+  for (int64_t kp0 = 0; kp0 < KP; kp0 += KCP) {
+    int64_t kc = KP - kp0 < KCP ? KP - kp0 : KCP, k0 = 2 * kp0, kk = K - k0 < 2 * kc ? K - k0 : 2 * kc;
+    int first = kp0 == 0;
+    float sc = kp0 + kc >= KP ? alpha : 1.0f;
+    for (int64_t m = 0; m < M; m++) {
+      const uint16_t* restrict ar = A + m * lda + k0; float* restrict ad = af + m * 256;
+      for (int64_t k = 0; k < kk; k++) ad[k] = nnf_bf16_to_f(ar[k]);
+    }
+    for (int64_t n = n0; n < n1; n += 64) {
+      const uint32_t* pan = (const uint32_t*)(Bp + (n / 64) * ps + kp0 * bs);
+      for (int64_t p = 0; p < kc; p++) {
+        const uint32_t* restrict lane = pan + p * (bs / 2);
+        uint32_t* restrict ev = (uint32_t*)(bf + 2 * p * 64); uint32_t* restrict od = ev + 64;
+        for (int j = 0; j < 64; j++) { ev[j] = lane[j] << 16; od[j] = lane[j] & 0xffff0000u; }
+      }
+      int64_t nw = n1 - n < 64 ? n1 - n : 64;
+      nnf_panel_rows(M, nw, kk, first, sc, af, 6 * 256, 256, 1, bf, C + (n - n0), ldc);
+    }
+  }
+}
+#endif
 /* C[M, N] = A[M, K] @ B (alpha 1), B packed (panel stride ps, pair stride bs as above), in mb x nb tiles handed
    out by the thread pool (tile sizes from bf16.py:tiles). */
 typedef struct { int64_t M, N, K, lda, ldc, ps, bs, mb, nb, nt; const uint16_t* A; const uint16_t* Bp; float* C; } nnf_bf16_job;
