@@ -39,14 +39,17 @@ def _macros(flags) -> str:
     return r.stdout
 
 
-MODES = {"native": [], "fallback": ["-DNNF_NO_VNNI", "-DNNF_NO_AVX512_WQ"], "avx2": ["-mno-avx512f"]}
+# native: what -march=native selects; fallback: the scalar loops; avx2: 256-bit code (AVX-VNNI where the CPU has
+# it); avx2-exact: 256-bit without VNNI (the vpmaddwd int8 kernel) - all four run on any AVX2 machine
+MODES = {"native": [], "fallback": ["-DNNF_NO_VNNI", "-DNNF_NO_AVX512_WQ", "-DNNF_NO_AVX2_Q"], "avx2": ["-mno-avx512f"],
+         "avx2-exact": ["-mno-avx512f", "-DNNF_NO_VNNI"]}
 
 
 @pytest.fixture(scope="module", params=list(MODES))
 def lib(request):
     flags = list(FLAGS) + MODES[request.param]
-    if request.param == "avx2" and "__AVXVNNI__" not in _macros(flags):
-        pytest.skip("this machine has no AVX-VNNI: the 256-bit path cannot run here")
+    if request.param.startswith("avx2") and "__AVX2__" not in _macros(flags):
+        pytest.skip("this machine has no AVX2: the 256-bit paths cannot run here")
     path, _, _ = build(HARNESS, flags)
     lib = load(path)
     lib.t_q8.argtypes = [I, I, I, P, P, P]
@@ -80,11 +83,14 @@ def test_q8_gemm_exact(lib, m, n, k):
 
 def test_paths_reported(lib):
     q8, wq = lib.nnf_q8_path().decode(), lib.nnf_wq_path().decode()
-    assert q8 in ("avx512vnni", "avxvnni", "scalar") and wq in ("avx512", "scalar")
+    assert q8 in ("avx512vnni", "avxvnni", "avx2", "scalar") and wq in ("avx512", "avx2", "scalar")
     if lib.mode == "fallback":
         assert (q8, wq) == ("scalar", "scalar")
     if lib.mode == "avx2":
-        assert (q8, wq) == ("avxvnni", "scalar")
+        vnni = "__AVXVNNI__" in _macros(list(FLAGS) + MODES["avx2"])
+        assert (q8, wq) == ("avxvnni" if vnni else "avx2", "avx2")
+    if lib.mode == "avx2-exact":
+        assert (q8, wq) == ("avx2", "avx2")
 
 
 @pytest.mark.parametrize("bits", [4, 8])
