@@ -131,3 +131,50 @@ def test_concurrent_calls_from_threads_are_correct():
         got = list(ex.map(lambda x: np.asarray(cm(x)), xs * 8))
     for i, g in enumerate(got):
         np.testing.assert_allclose(g, want[i % len(xs)], rtol=1e-4, atol=1e-5)
+
+
+def _kernel_sources() -> dict:
+    """Generated C for each kernel family: f32 gemm + attention + conv + row norms, bf16 gemm and conv, W8A8 and
+    int4 weight-only gemms."""
+    import torch
+    import nnfuse
+
+    class Net(torch.nn.Module):
+        def __init__(s):
+            super().__init__()
+            s.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            s.att = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+            s.fc = torch.nn.Linear(64, 96)
+            s.norm = torch.nn.LayerNorm(96)
+
+        def forward(s, img, x):
+            y = s.att(x, x, x, need_weights=False)[0]
+            return s.conv(img).sum(), s.norm(torch.nn.functional.gelu(s.fc(y)))
+    torch.manual_seed(0)
+    args = (torch.randn(1, 3, 16, 16), torch.randn(2, 24, 64))
+    lin = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)).eval()
+    xl = (torch.randn(8, 128),)
+    return {"f32": nnfuse.compile(Net().eval(), args, backend="cpu").source(),
+            "bf16": nnfuse.compile(Net().eval(), args, backend="cpu", precision="bf16").source(),
+            "w8a8": nnfuse.compile(lin, xl, backend="cpu", quantize="w8a8").source(),
+            "int4": nnfuse.compile(lin, xl, backend="cpu", quantize="int4_g32").source()}
+
+
+@pytest.mark.parametrize("march", ["haswell", "skylake-avx512"])
+def test_kernels_use_vectors_the_target_has(tmp_path, march):
+    """No kernel uses a vector wider than the target's registers: gcc lowers such a vector piecewise (through the
+    stack), which made the whole cpu backend ~20x slower on an AVX2-only machine. -Wvector-operation-performance
+    names every such operation; AVX2 (16 ymm registers) and AVX-512 must both compile without one."""
+    import shutil
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc to compile-test other targets")
+    for name, src in _kernel_sources().items():
+        path = tmp_path / f"{name}.c"
+        path.write_text(src)
+        r = subprocess.run([cc, "-O2", f"-march={march}", "-fopenmp", "-fPIC", "-std=gnu11", "-fno-math-errno",
+                            "-Wvector-operation-performance", "-c", str(path), "-o", str(tmp_path / f"{name}.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        piecewise = [ln for ln in r.stderr.splitlines() if "Wvector-operation-performance" in ln]
+        assert not piecewise, f"{name} on {march}:\n" + "\n".join(piecewise[:10])

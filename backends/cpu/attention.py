@@ -280,27 +280,29 @@ def emit_attention(w, k: Attention) -> str:
 
 
 def transpose16(src: str, lds: int, dst: str, ldd: int, rows: str, cols: int) -> str:
-    """C: dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. Full 16x16 blocks go through registers: four
-    stages that swap the off-diagonal b x b sub-blocks of each 2b x 2b block (b = 8, 4, 2, 1), two-source shuffles
-    of GCC vector extensions (vpermt2ps on AVX-512); the ragged edges are copied element by element."""
-    masks = []
-    for b in (8, 4, 2, 1):
-        lo = ", ".join(str(16 + c - b if c & b else c) for c in range(16))
-        hi = ", ".join(str(16 + c if c & b else c + b) for c in range(16))
-        masks.append((b, lo, hi))
-    t = ("      typedef int32_t nnf_i16v __attribute__((vector_size(64)));\n"
-         f"      int64_t _rf = {rows} / 16 * 16;\n"
-         f"      for (int64_t _r0 = 0; _r0 < _rf; _r0 += 16) for (int64_t _c0 = 0; _c0 + 16 <= {cols}; _c0 += 16) {{\n"
-         "        nnf_v16 _x[16];\n"
-         f"        for (int _q = 0; _q < 16; _q++) _x[_q] = NNF_LD({src} + (_r0 + _q)*{lds} + _c0);\n")
-    for b, lo, hi in masks:
-        t += (f"        {{ const nnf_i16v _ml = {{{lo}}}, _mh = {{{hi}}};\n"
-              f"          for (int _q = 0; _q < 16; _q++) if (!(_q & {b})) {{ nnf_v16 _a = _x[_q], _b = _x[_q + {b}];\n"
-              "            _x[_q] = __builtin_shuffle(_a, _b, _ml); _x[_q + " + str(b) + "] = __builtin_shuffle(_a, _b, _mh); } }\n")
-    t += (f"        for (int _q = 0; _q < 16; _q++) NNF_ST({dst} + (_c0 + _q)*{ldd} + _r0, _x[_q]);\n"
-          "      }\n"
-          f"      for (int64_t _r = 0; _r < _rf; _r++) for (int64_t _c = {cols} / 16 * 16; _c < {cols}; _c++) "
-          f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n"
-          f"      for (int64_t _r = _rf; _r < {rows}; _r++) for (int64_t _c = 0; _c < {cols}; _c++) "
-          f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n")
-    return t
+    """C: dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. Full square blocks of the target's vector width
+    (16 on AVX-512, 8 elsewhere: a wider vector would be split piecewise by gcc) go through registers: stages
+    that swap the off-diagonal b x b sub-blocks of each 2b x 2b block (b = n/2 .. 1), two-source shuffles of GCC
+    vector extensions (vpermt2ps on AVX-512); the ragged edges are copied element by element."""
+    def blocks(n: int, vec: str) -> str:
+        t = (f"      typedef int32_t nnf_tmask __attribute__((vector_size({4 * n})));\n"
+             f"      int64_t _rf = {rows} / {n} * {n};\n"
+             f"      for (int64_t _r0 = 0; _r0 < _rf; _r0 += {n}) for (int64_t _c0 = 0; _c0 + {n} <= {cols}; _c0 += {n}) {{\n"
+             f"        {vec} _x[{n}];\n"
+             f"        for (int _q = 0; _q < {n}; _q++) _x[_q] = *(const {vec}u*)({src} + (_r0 + _q)*{lds} + _c0);\n")
+        b = n // 2
+        while b >= 1:
+            lo = ", ".join(str(n + c - b if c & b else c) for c in range(n))
+            hi = ", ".join(str(n + c if c & b else c + b) for c in range(n))
+            t += (f"        {{ const nnf_tmask _ml = {{{lo}}}, _mh = {{{hi}}};\n"
+                  f"          for (int _q = 0; _q < {n}; _q++) if (!(_q & {b})) {{ {vec} _a = _x[_q], _b = _x[_q + {b}];\n"
+                  f"            _x[_q] = __builtin_shuffle(_a, _b, _ml); _x[_q + {b}] = __builtin_shuffle(_a, _b, _mh); }} }}\n")
+            b //= 2
+        t += (f"        for (int _q = 0; _q < {n}; _q++) *({vec}u*)({dst} + (_c0 + _q)*{ldd} + _r0) = _x[_q];\n"
+              "      }\n"
+              f"      for (int64_t _r = 0; _r < _rf; _r++) for (int64_t _c = {cols} / {n} * {n}; _c < {cols}; _c++) "
+              f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n"
+              f"      for (int64_t _r = _rf; _r < {rows}; _r++) for (int64_t _c = 0; _c < {cols}; _c++) "
+              f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n")
+        return t
+    return ("#if defined(__AVX512F__)\n" + blocks(16, "nnf_v16") + "#else\n" + blocks(8, "nnf_v8") + "#endif\n")

@@ -178,6 +178,8 @@ static inline int64_t nnf_divi(int64_t a, int64_t b) { return b == 0 ? a : a / b
    an AVX2 Zen 3 core, 20x below its peak). Measured against OpenBLAS in docs/benchmarks.md. */
 typedef float nnf_v16 __attribute__((vector_size(64)));
 typedef float nnf_v16u __attribute__((vector_size(64), aligned(4)));
+typedef float nnf_v8 __attribute__((vector_size(32)));
+typedef float nnf_v8u __attribute__((vector_size(32), aligned(4)));
 #define NNF_LD(p) (*(const nnf_v16u*)(p))
 #define NNF_ST(p, v) (*(nnf_v16u*)(p) = (v))
 #if defined(__AVX512F__)
