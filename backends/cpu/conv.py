@@ -16,6 +16,7 @@ just computed, while it is in cache, instead of a separate pass over the output.
 from __future__ import annotations
 
 import math
+import os
 
 from ...ir.kernel import Conv
 from .pack import task_split
@@ -56,6 +57,9 @@ def emit_forward(w, k: Conv, geo) -> str:
     if k.meta.get("f32_rows_are_positions"):
         return emit_positions_as_rows(w, k, geo, plain)
     npan = -(-SP // 64)
+    panel_ok = os.environ.get("NNFUSE_CONV_PANEL_IM2COL", "1") != "0"   # "0": the whole-image im2col (A/B runs)
+    if panel_ok and len(ks) == 2 and not plain and k.meta.get("f32_rows6") and task_split(npan, Mg, 8)[3] == 1:
+        return emit_panel_im2col(w, k, geo)
     ps = K * 64                       # panel stride of the packed col
     s = f"  float* _colp = nnf_f32_scratch({npan * ps}); (void)_colp;\n"
     s += f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
@@ -79,6 +83,61 @@ def emit_forward(w, k: Conv, geo) -> str:
     body += "  }\n"
     work = Mg * K * SP
     s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
+    return s + "  }\n"
+
+
+def emit_panel_im2col(w, k: Conv, geo) -> str:
+    """2-D conv, O_g[Mg, SP] = W_g[Mg, K] @ col[K, SP], tasks = groups of 64-position panels: each task writes the
+    im2col of its own panels into a per-thread scratch (K x 64 floats a panel, the packed layout) and runs the
+    gemm on it at once, while it is in L2. The whole-image im2col is 9x the activations for a 3x3 conv (7 MB for
+    ResNet's 56x56 x 64 stage): written to and read back from L3/DRAM it cost about as much as the gemm."""
+    N, G, Cg, Mg = geo.n, geo.groups, geo.cg, geo.mg
+    (IH, IW), (OH, OW), (KH, KW) = geo.in_spatial, geo.out_spatial, geo.kernel
+    (sy, sx), (dy, dx), (py, px) = k.strides, k.dilations, k.pads[:2]
+    X, Wt, O = k.x, k.w, k.out
+    sxn, sxc = X.strides[0], X.strides[1]
+    son, som = O.strides[0], O.strides[1]
+    x, wp, o = w.bn(X.buf), w.bn(Wt.buf), w.bn(O.buf)
+    SP, K = OH * OW, Cg * KH * KW
+    npan = -(-SP // 64)
+    pt, ngp, _, _ = task_split(npan, Mg, 8)
+    a = f"{wp} + {Wt.offset} + _g*{-(-Mg // 6) * 6 * K}, {6 * K}, 1, 6"
+    body = (f"  float* _cp = nnf_f32_tls({pt * K * 64});\n"
+            f"  const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+            f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+            f"    int64_t _pa = _t * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
+            f"    for (int64_t _p = _pa; _p < _pb; _p++) {{\n"
+            f"      float* _d = _cp + (_p - _pa)*{K * 64};\n"
+            f"      int64_t _q0 = _p*64, _q1 = _q0 + 64 < {SP} ? _q0 + 64 : {SP};\n"
+            f"      for (int64_t _q = _q0; _q < _q1;) {{   /* runs of one output row */\n"
+            f"        int64_t _oy = _q / {OW}, _ox = _q % {OW}, _len = {OW} - _ox < _q1 - _q ? {OW} - _ox : _q1 - _q;\n"
+            f"        float* _dq = _d + (_q - _q0);\n"
+            f"        for (int64_t _c = 0; _c < {Cg}; _c++) for (int64_t _ky = 0; _ky < {KH}; _ky++) {{\n"
+            f"          int64_t _iy = _oy*{sy} - {py} + _ky*{dy};\n"
+            f"          float* _dc = _dq + ((_c*{KH} + _ky)*{KW})*64;\n"
+            f"          if (_iy < 0 || _iy >= {IH}) {{\n"
+            f"            for (int64_t _kx = 0; _kx < {KW}; _kx++) for (int64_t _i = 0; _i < _len; _i++) _dc[_kx*64 + _i] = 0.0f;\n"
+            f"            continue;\n          }}\n"
+            f"          const float* _xr = _x + _c*{sxc} + _iy*{IW};\n"
+            f"          for (int64_t _kx = 0; _kx < {KW}; _kx++) {{\n"
+            f"            int64_t _sh = _kx*{dx} - {px};   /* input column of output column o: o*{sx} + _sh */\n"
+            f"            int64_t _lo = _sh >= 0 ? 0 : (-_sh + {sx - 1}) / {sx}, _hi = {IW} - _sh <= 0 ? 0 : ({IW} - _sh + {sx - 1}) / {sx};\n"
+            f"            if (_lo < _ox) _lo = _ox; if (_hi > _ox + _len) _hi = _ox + _len; if (_hi < _lo) _hi = _lo;\n"
+            f"            float* restrict _dr = _dc + _kx*64 - _ox; const float* restrict _xs = _xr + _sh;\n"
+            f"            for (int64_t _o = _ox; _o < _lo; _o++) _dr[_o] = 0.0f;\n"
+            f"            for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xs[_o*{sx}];\n"
+            f"            for (int64_t _o = _hi; _o < _ox + _len; _o++) _dr[_o] = 0.0f;\n"
+            f"          }}\n        }}\n"
+            f"        _q += _len;\n      }}\n"
+            f"      if (_q1 - _q0 < 64) for (int64_t _r = 0; _r < {K}; _r++) for (int64_t _i = _q1 - _q0; _i < 64; _i++) _d[_r*64 + _i] = 0.0f;\n"
+            f"    }}\n"
+            f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
+            f"    nnf_gemm_pk({Mg}, {SP} - _pa*64, {K}, 1.0f, {a}, _cp, 0, _pb - _pa, _O + _pa*64, {som});\n")
+    if k.epilogue is not None:
+        body += _epilogue(w, k, geo, "0", str(Mg), "_pa * 64", "_pb * 64")
+    body += "  }\n"
+    s = f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+    s += "  " + w.parallel(ngp, 1, body, ("_n", "_g")).lstrip()
     return s + "  }\n"
 
 

@@ -101,6 +101,17 @@ static inline void nnf_row_put(float* d, int64_t ps, int64_t q, int64_t cnt, con
     q += len; cnt -= len;
   }
 }
+/* A per-thread growing scratch buffer (the pool's tasks each pack their own operand block into it). */
+static float* nnf_f32_tls(int64_t n) {
+  static __thread float* buf; static __thread int64_t cap;
+  if (n > cap) {
+    free(buf);
+    buf = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    if (!buf) { fprintf(stderr, "nnfuse cpu: out of memory for a %lld-float scratch\n", (long long)n); abort(); }
+    cap = n;
+  }
+  return buf;
+}
 /* One growing scratch buffer for runtime-packed operands, taken by the calling thread before a parallel region
    (kernels run one after the other, so one buffer serves them all). */
 static float* nnf_f32_buf = 0;
