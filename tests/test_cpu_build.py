@@ -133,6 +133,27 @@ def test_concurrent_calls_from_threads_are_correct():
         np.testing.assert_allclose(g, want[i % len(xs)], rtol=1e-4, atol=1e-5)
 
 
+def test_two_executables_of_one_library_keep_their_own_thread_counts():
+    """Two compiles of the same model load the same cached library (dlopen maps a path once), so they share its
+    thread pool and scratch: each call sets its own thread count, and calls from two threads take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+    from nnfuse.backends import cpu
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((128, 384)).astype(np.float32)
+    g = graph(lambda b, x: b.relu(b.matmul(x, b.const(w, "w"))), ((96, 128), "f32"))
+    one, two = cpu.compile_graph(g, threads=1), cpu.compile_graph(g, threads=2)
+    assert one.lib_path == two.lib_path
+    xs = [rng.standard_normal((96, 128)).astype(np.float32) for _ in range(6)]
+    want = [np.maximum(x @ w, 0) for x in xs]
+    for exe, n in ((one, 1), (two, 2), (one, 1)):
+        exe([xs[0]])
+        assert exe.lib.nnf_get_threads() == n
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda i: (one if i % 2 else two)([xs[i % 6]])[0], range(48)))
+    for i, y in enumerate(got):
+        np.testing.assert_allclose(y, want[i % 6], rtol=1e-4, atol=1e-4)
+
+
 def _kernel_sources() -> dict:
     """Generated C for each kernel family: f32 gemm + attention + conv + row norms, bf16 gemm and conv, W8A8 and
     int4 weight-only gemms."""

@@ -24,6 +24,25 @@ def default_threads() -> int:
     return int(n) if n and n.isdigit() and int(n) > 0 else (os.cpu_count() or 1)
 
 
+class _Library:
+    """What the executables loaded from one shared library share. dlopen maps a path once per process, so two
+    executables of the same model (same source, same cached .so) share its statics: the thread pool and its
+    thread count, the scratch buffers. They take turns on one lock, and each call sets the thread count it wants."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.threads = 0
+
+
+_LIBRARIES: dict[str, _Library] = {}
+_LIBRARIES_LOCK = threading.Lock()
+
+
+def _library(path: str) -> _Library:
+    with _LIBRARIES_LOCK:
+        return _LIBRARIES.setdefault(os.path.realpath(path), _Library())
+
+
 class CpuExecutable:
     name = "cpu"
 
@@ -42,10 +61,9 @@ class CpuExecutable:
         blas = load_blas(threads)
         self.blas = blas is not None
         self.lib.nnf_set_blas(ctypes.c_void_p(blas[1] if blas else None), ctypes.c_void_p(blas[2] if blas else None))
-        self.lib.nnf_set_threads(ctypes.c_int(threads))
+        self._shared = _library(lib_path)
         self._auto = threads > 1 and auto_threads
         self._calls, self._cur, self._times = 0, threads, {}
-        self._lock = threading.Lock()
         self.gemm = os.environ.get("NNFUSE_GEMM", "generated")   # "blas": OpenBLAS for every f32 gemm (for comparisons)
         self.lib.nnf_set_gemm_mode(ctypes.c_int(1 if self.gemm == "blas" and self.blas else 0))
         self._run = self.lib.nnf_run
@@ -74,8 +92,11 @@ class CpuExecutable:
         outs = [np.empty(shape, dt) for shape, dt in self._out_specs]
         ip = (ctypes.c_void_p * max(len(ins), 1))(*[a.ctypes.data for a in ins])
         op = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data if o.size else None for o in outs])
-        with self._lock:   # one arena and one thread pool per executable: calls from several threads take turns
+        with self._shared.lock:   # one pool per library, one arena per executable: calls take turns
             n = self._pick_threads()
+            if self._shared.threads != n:
+                self.lib.nnf_set_threads(ctypes.c_int(n))
+                self._shared.threads = n
             t0 = time.perf_counter()
             rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
             self._record(n, time.perf_counter() - t0)
@@ -100,9 +121,7 @@ class CpuExecutable:
             fastest = {k: min(v) for k, v in self._times.items() if v}
             best = min(fastest, key=fastest.get) if len(fastest) == 2 else self.threads
             n = (1 if best != 1 else self.threads) if c % 10 == 0 else best
-        if n != self._cur:
-            self.lib.nnf_set_threads(ctypes.c_int(n))
-            self._cur = n
+        self._cur = n
         return n
 
     def _record(self, n: int, secs: float) -> None:

@@ -115,6 +115,7 @@ void nnf_set_threads(int n) {
   }
   nnf_pool.nw = n - 1 < nnf_pool.started ? n - 1 : nnf_pool.started;
 }
+int nnf_get_threads(void) { return nnf_pool.nw + 1; }
 int nnf_abi(void) { return %(abi)d; }
 
 typedef union { float f; int32_t i; uint32_t u; } nnf_fi;
@@ -538,27 +539,28 @@ class KernelWriter:
         main = f"{self.signature()} {{\n{body()}}}\n"
         return "".join(self.helpers) + main
 
-    def loops(self, dims, names, inner: str, par_axis, indent="  ", collapse_ok=True) -> str:
+    def loops(self, dims, names, inner: str, par_axis, indent="  ", keep_inner: bool = True) -> str:
+        """The loop nest over `dims`; with par_axis 0 the leading axes, flattened until there are >= 16 tasks
+        (not the innermost axis when it is the one that vectorizes: keep_inner), go to the pool in ~16 chunks."""
         if not dims:
             return f"{indent}{{ {inner} }}\n"
         if par_axis == 0:
-            flat = collapse_ok and len(dims) >= 3 and dims[0] < 8
-            ext = dims[0] * dims[1] if flat else dims[0]
-            rest = self.loops(dims[2:] if flat else dims[1:], names[2:] if flat else names[1:], inner, None, "    ")
-            head = (f"    int64_t {names[0]} = _f / {dims[1]}, {names[1]} = _f % {dims[1]};\n" if flat
-                    else f"    int64_t {names[0]} = _f;\n")
+            nflat, ext = 1, dims[0]
+            while nflat < len(dims) - (1 if keep_inner else 0) and ext < 16:   # a batch of 1 (or 8 heads) alone leaves a thread idle
+                ext *= dims[nflat]
+                nflat += 1
+            rest = self.loops(dims[nflat:], names[nflat:], inner, None, "    ")
+            idx = []
+            for j in range(nflat):
+                inner_ext = math.prod(dims[j + 1:nflat])
+                q = f"_f / {inner_ext}" if inner_ext > 1 else "_f"
+                idx.append(f"{names[j]} = ({q}) % {dims[j]}" if j > 0 else f"{names[j]} = {q}")
+            head = f"    int64_t {', '.join(idx)};\n"
             body = f"  for (int64_t _f = _lo; _f < _hi; _f++) {{\n{head}{rest}  }}\n"
             return self.parallel(ext, max(1, ext // 16), body)
         out = ""
         for ax, (d, nm) in enumerate(zip(dims, names)):
-            pad = indent + "  " * ax
-            if ax == par_axis == 0:
-                col, ext = "", dims[0]
-                if collapse_ok and len(dims) >= 3 and dims[0] < 8:
-                    col, ext = " collapse(2)", dims[0] * dims[1]
-                # ~16 chunks handed out dynamically: robust when a thread is descheduled on a shared machine
-                out += f"{pad}#pragma omp parallel for schedule(dynamic, {max(1, ext // 16)}){col}\n"
-            out += f"{pad}for (int64_t {nm} = 0; {nm} < {d}; {nm}++) {{\n"
+            out += f"{indent + '  ' * ax}for (int64_t {nm} = 0; {nm} < {d}; {nm}++) {{\n"
         out += indent + "  " * len(dims) + inner + "\n"
         for ax in reversed(range(len(dims))):
             out += indent + "  " * ax + "}\n"
@@ -611,7 +613,7 @@ class KernelWriter:
         post = em2.expr(k.post) if k.post is not None else res
         ref = f"{self.bn(k.out.buf)}[{em.index(k.out)}]"
         inner_all = f"{pre}\n{red_loops}    {store(self.bn, k.out.buf, ref, post)}"
-        return self.loops(k.domain, names[:no], inner_all, k.schedule.parallel_axis, collapse_ok=False)
+        return self.loops(k.domain, names[:no], inner_all, k.schedule.parallel_axis, keep_inner=nr == 0)
 
     def rownorm(self) -> str:
         k: RowNorm = self.k
@@ -661,7 +663,7 @@ class KernelWriter:
         s += f"    {fin}"
         if comp(k.x.dtype) != "float":
             raise CodegenError(f"{k.norm} on {k.x.dtype.name} is not supported on the cpu backend")
-        return self.loops(k.domain, names[:no], s, k.schedule.parallel_axis, collapse_ok=False)
+        return self.loops(k.domain, names[:no], s, k.schedule.parallel_axis, keep_inner=False)
 
     def gemm(self) -> str:
         k: Gemm = self.k
