@@ -113,6 +113,16 @@ def test_panel_im2col_convs():
     g = _conv_graph(rng, cases, (2, 8, 21, 23))
     exe = check(g, [rng.standard_normal((2, 8, 21, 23)).astype(np.float32)], rtol=1e-4, atol=1e-4)
     assert exe.source().count("runs of one output row") >= 4   # really the per-panel path
+    # output rows that start in the last columns of a panel while the left padding zone is wider than that run
+    # (pad >= 2 at stride 1, pad 3 at stride 2): the zero fill must stop at the run's end (it once spilled into
+    # the next im2col row, and past the scratch on the last one)
+    for shape, cases in [((1, 3, 33, 33), [((8, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, True, True, False)]),
+                         ((1, 4, 67, 67), [((8, 4, 5, 5), {"pads": [2, 2, 2, 2]}, True, False, False),
+                                           ((8, 4, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, False, True, False)]),
+                         ((1, 4, 17, 17), [((8, 4, 1, 1), {"pads": [2, 2, 2, 2]}, True, False, False)])]:
+        g = _conv_graph(rng, cases, shape)
+        exe = check(g, [rng.standard_normal(shape).astype(np.float32)], rtol=1e-4, atol=1e-4)
+        assert "runs of one output row" in exe.source()
 
 
 def test_convs_grouped_depthwise_dilated_batched():

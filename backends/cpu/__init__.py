@@ -32,6 +32,7 @@ class _Library:
     def __init__(self):
         self.lock = threading.Lock()
         self.threads = 0
+        self.gemm_mode = -1
 
 
 _LIBRARIES: dict[str, _Library] = {}
@@ -65,7 +66,7 @@ class CpuExecutable:
         self._auto = threads > 1 and auto_threads
         self._calls, self._cur, self._times = 0, threads, {}
         self.gemm = os.environ.get("NNFUSE_GEMM", "generated")   # "blas": OpenBLAS for every f32 gemm (for comparisons)
-        self.lib.nnf_set_gemm_mode(ctypes.c_int(1 if self.gemm == "blas" and self.blas else 0))
+        self._gemm_mode = 1 if self.gemm == "blas" and self.blas else 0
         self._run = self.lib.nnf_run
         self._run.argtypes = [ctypes.c_void_p] * 4
         self._run.restype = ctypes.c_int
@@ -97,6 +98,9 @@ class CpuExecutable:
             if self._shared.threads != n:
                 self.lib.nnf_set_threads(ctypes.c_int(n))
                 self._shared.threads = n
+            if self._shared.gemm_mode != self._gemm_mode:
+                self.lib.nnf_set_gemm_mode(ctypes.c_int(self._gemm_mode))
+                self._shared.gemm_mode = self._gemm_mode
             t0 = time.perf_counter()
             rc = self._run(ip, op, self._wptrs, ctypes.c_void_p(self._arena_ptr))
             self._record(n, time.perf_counter() - t0)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ...ir.dtypes import dtype as to_dtype
 from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
-from .pack import add_const
+from .pack import add_const, drop_unread
 
 PANEL = 64
 
@@ -183,20 +183,12 @@ static void nnf_gemm_bf16s(int64_t M, int64_t n0, int64_t n1, int64_t K, float a
    (a shift and a mask per pair lane) and the f32 micro-kernel (nnf_panel_rows) runs on them: the weights still
    cost half the bytes of f32, the arithmetic is the f32 kernel's. Same packed layout, same results (bf16 values
    are exact in f32; only the f32 summation order differs). */
-static float* nnf_bf16_wide(int slot, int64_t n) {
-  static __thread float* buf[2]; static __thread int64_t cap[2];
-  if (cap[slot] < n) {
-    free(buf[slot]); buf[slot] = (float*)aligned_alloc(64, (size_t)(n * 4 + 63) / 64 * 64); cap[slot] = n;
-    if (!buf[slot]) { fprintf(stderr, "nnfuse cpu: out of memory for bf16 widening scratch\n"); abort(); }
-  }
-  return buf[slot];
-}
 static void nnf_gemm_bf16s(int64_t M, int64_t n0, int64_t n1, int64_t K, float alpha, const uint16_t* A, int64_t lda,
                            const uint16_t* Bp, int64_t ps, int64_t bs, float* C, int64_t ldc) {
   if (K <= 0) { for (int64_t m = 0; m < M; m++) for (int64_t n = 0; n < n1 - n0; n++) C[m * ldc + n] = 0; return; }
   const int64_t KP = (K + 1) / 2, KCP = 128;   /* 256 k per block: the f32 kernel's K block */
-  float* af = nnf_bf16_wide(0, M * 256);
-  float* bf = nnf_bf16_wide(1, 256 * 64);
+  float* af = nnf_tls(1, M * 256);
+  float* bf = nnf_tls(2, 256 * 64);
   for (int64_t kp0 = 0; kp0 < KP; kp0 += KCP) {
     int64_t kc = KP - kp0 < KCP ? KP - kp0 : KCP, k0 = 2 * kp0, kk = K - k0 < 2 * kc ? K - k0 : 2 * kc;
     int first = kp0 == 0;
@@ -233,12 +225,6 @@ static void nnf_gemm_bf16_pool(int64_t M, int64_t N, int64_t K, const uint16_t* 
                                int64_t ps, int64_t bs, float* C, int64_t ldc, int64_t mb, int64_t nb) {
   nnf_bf16_job j = { M, N, K, lda, ldc, ps, bs, mb, nb, (N + nb - 1) / nb, A, Bp, C };
   nnf_parallel(nnf_bf16_job_run, &j, ((M + j.mb - 1) / j.mb) * j.nt, 1);
-}
-/* Per-thread f32 tile for gemms whose result is not stored as f32 in place (bf16 stores, strided outputs). */
-static float* nnf_bf16_tile(int64_t n) {
-  static __thread float* buf; static __thread int64_t cap;
-  if (cap < n) { free(buf); buf = (float*)aligned_alloc(64, (size_t)(n * 4 + 63) / 64 * 64); cap = n; }
-  return buf;
 }
 /* Conv scratch (the per-call operand, the gemm result, NHWC input): grown on demand, kept across calls. */
 static void* nnf_bf16_scratch(int slot, size_t bytes) {
@@ -303,12 +289,7 @@ def pack_program(p: Program) -> int:
         k.meta["bf16_packed"] = True
         n += 1
     if n:   # the unpacked bf16 weights that no kernel reads any more are dropped from the call
-        used = {id(a.buf) for kk in p.kernels for a in kk.reads()}
-        used |= {id(p.consts[j]) for kind, j in p.output_aliases.values() if kind == "const"}
-        for i, (b, arr) in enumerate(zip(p.consts, p.const_data)):
-            if id(b) not in used and b.dtype.name in ("bf16", "f32"):
-                p.const_data[i] = np.zeros(1, arr.dtype)
-                b.numel = 1
+        drop_unread(p, ("bf16", "f32"))
         fold_epilogues(p)
     return n
 
@@ -356,7 +337,7 @@ def emit_gemm(w, k: Gemm, epi: Optional[str]) -> str:
     else:
         names = [f"b{j}" for j in range(len(k.batch))] + ["_m", "_n"]
         ref = f"{w.bn(O.buf)}[{w.emitter(names).index(O)}]"
-        body = head + (f"    float* restrict _T = nnf_bf16_tile({mb * nb});\n"
+        body = head + (f"    float* restrict _T = nnf_tls(3, {mb * nb});   /* the tile, in f32 */\n"
                        f"    {call}_T, {nb});\n"
                        f"    for (int64_t _m = _m0; _m < _m1; _m++) for (int64_t _n = _n0; _n < _n1; _n++) {{ "
                        f"float _acc = _T[(_m - _m0)*{nb} + _n - _n0]; {store(w.bn, O.buf, ref, epi if epi is not None else '_acc')} }}\n")

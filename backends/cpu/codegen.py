@@ -815,7 +815,7 @@ class KernelWriter:
         if direct_epi is not None:
             val = f"({{ {c} _acc = _row[_n]{alpha}; {direct_epi}; }})"
         st = store(self.bn, O.buf, f"{optr}[_m*{som} + _n*{son}]", val)
-        return (f"      #pragma omp parallel for schedule(static) if({k.m * k.n * k.k} >= 65536)\n"
+        return (f"      #pragma omp parallel for schedule(static) if({k.m * k.n * k.k} >= 65536) num_threads(nnf_get_threads())\n"
                 f"      for (int64_t _m = 0; _m < {k.m}; _m++) {{\n"
                 f"        {c} _row[{k.n}]; for (int64_t _n = 0; _n < {k.n}; _n++) _row[_n] = 0;\n"
                 f"        for (int64_t _k = 0; _k < {k.k}; _k++) {{ {c} _a = {cv(aref, A.buf.dtype)};\n"

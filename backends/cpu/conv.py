@@ -102,7 +102,7 @@ def emit_panel_im2col(w, k: Conv, geo) -> str:
     npan = -(-SP // 64)
     pt, ngp, _, _ = task_split(npan, Mg, 8)
     a = f"{wp} + {Wt.offset} + _g*{-(-Mg // 6) * 6 * K}, {6 * K}, 1, 6"
-    body = (f"  float* _cp = nnf_f32_tls({pt * K * 64});\n"
+    body = (f"  float* _cp = nnf_tls(0, {pt * K * 64});\n"
             f"  const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
             f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
             f"    int64_t _pa = _t * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
@@ -121,8 +121,7 @@ def emit_panel_im2col(w, k: Conv, geo) -> str:
             f"          const float* _xr = _x + _c*{sxc} + _iy*{IW};\n"
             f"          for (int64_t _kx = 0; _kx < {KW}; _kx++) {{\n"
             f"            int64_t _sh = _kx*{dx} - {px};   /* input column of output column o: o*{sx} + _sh */\n"
-            f"            int64_t _lo = _sh >= 0 ? 0 : (-_sh + {sx - 1}) / {sx}, _hi = {IW} - _sh <= 0 ? 0 : ({IW} - _sh + {sx - 1}) / {sx};\n"
-            f"            if (_lo < _ox) _lo = _ox; if (_hi > _ox + _len) _hi = _ox + _len; if (_hi < _lo) _hi = _lo;\n"
+            f"            int64_t _lo, _hi; nnf_tap_range(_sh, {sx}, {IW}, _ox, _ox + _len, &_lo, &_hi);\n"
             f"            float* restrict _dr = _dc + _kx*64 - _ox; const float* restrict _xs = _xr + _sh;\n"
             f"            for (int64_t _o = _ox; _o < _lo; _o++) _dr[_o] = 0.0f;\n"
             f"            for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xs[_o*{sx}];\n"
@@ -214,9 +213,7 @@ def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> 
             body += f"{ind}if ({cond}) {{ nnf_row_put(_d, {ps}, _q, {sm}, 0, 0); continue; }}\n"
         # the valid outputs of this tap along the last axis: 0 <= o*st + sh < in  <=>  o in [lo, hi)
         body += (f"{ind}int64_t _sh = _k{L}*{dl} - {pd};\n"
-                 f"{ind}int64_t _a = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st};\n"
-                 f"{ind}int64_t _b = {isp[L]} - _sh <= 0 ? 0 : ({isp[L]} - _sh + {st - 1}) / {st};\n"
-                 f"{ind}if (_a > {sm}) _a = {sm}; if (_b > {sm}) _b = {sm}; if (_b < _a) _b = _a;\n")
+                 f"{ind}int64_t _a, _b; nnf_tap_range(_sh, {st}, {isp[L]}, 0, {sm}, &_a, &_b);\n")
         src = f"_x + _c*{sxc} + {boff} + _sh"
         if ps == 64:   # row-major col: plain loops with constant strides (they vectorize), no panel bookkeeping
             body += (f"{ind}{{ float* restrict _dq = _d + _q; const float* restrict _xs = {src};\n"
@@ -286,7 +283,7 @@ def emit_transpose(w, k: Conv, geo) -> str:
     s += f"    nnf_gemm_f32(1, {Mg * KK}, {SP}, {Cg}, {wp} + {Wt.offset} + _g*{Cg * Mg * KK}, {Mg * KK}, _x, {sxc}, {col}, {SP});\n"
     s += f"    for (int64_t _m = 0; _m < {Mg}; _m++) for (int64_t _p = 0; _p < {BP}; _p++) _O[_m*{som} + _p] = 0.0f;\n"
     # rows of one output channel must not be scattered by two threads at once: parallel over channels only
-    t = f"    #pragma omp parallel for schedule(static)\n    for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++) {{\n"
+    t = f"    #pragma omp parallel for schedule(static) num_threads(nnf_get_threads())\n    for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++) {{\n"
     t += f"      int64_t _c = _r / {KK}; (void)_c;\n"
     rem = KK
     for j in range(nd):
@@ -307,9 +304,7 @@ def emit_transpose(w, k: Conv, geo) -> str:
         cond = " || ".join(f"_i{j} < 0 || _i{j} >= {big[j]}" for j in range(nd - 1))
         t += f"{ind}if ({cond}) {{ continue; }}\n"
     t += f"{ind}int64_t _b0 = {boff}; int64_t _sh = _k{L}*{dl} - {pd};\n"
-    t += (f"{ind}int64_t _lo = _sh >= 0 ? 0 : (-_sh + {st - 1}) / {st}; int64_t _hi = {big[L]} - _sh <= 0 ? 0 : "
-          f"({big[L]} - _sh + {st - 1}) / {st};\n")
-    t += f"{ind}if (_lo > {small[L]}) _lo = {small[L]}; if (_hi > {small[L]}) _hi = {small[L]}; if (_hi < _lo) _hi = _lo;\n"
+    t += f"{ind}int64_t _lo, _hi; nnf_tap_range(_sh, {st}, {big[L]}, 0, {small[L]}, &_lo, &_hi);\n"
     t += (f"{ind}float* _orow = _O + _c*{som} + _b0; for (int64_t _o = _lo; _o < _hi; _o++) "
           f"_orow[_o*{st} + _sh] += _dr[_o];\n")
     for j in reversed(range(nd - 1)):

@@ -101,16 +101,25 @@ static inline void nnf_row_put(float* d, int64_t ps, int64_t q, int64_t cnt, con
     q += len; cnt -= len;
   }
 }
-/* A per-thread growing scratch buffer (the pool's tasks each pack their own operand block into it). */
-static float* nnf_f32_tls(int64_t n) {
-  static __thread float* buf; static __thread int64_t cap;
-  if (n > cap) {
-    free(buf);
-    buf = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
-    if (!buf) { fprintf(stderr, "nnfuse cpu: out of memory for a %lld-float scratch\n", (long long)n); abort(); }
-    cap = n;
+/* The outputs o in [o0, o1) of one conv tap whose input index o*st + sh lies in [0, n): [*a, *b), empty as
+   a == b (then clamped into [o0, o1], so the zero fills before a and after b stay inside the run). */
+static inline void nnf_tap_range(int64_t sh, int64_t st, int64_t n, int64_t o0, int64_t o1, int64_t* a, int64_t* b) {
+  int64_t lo = sh >= 0 ? 0 : (-sh + st - 1) / st, hi = n - sh <= 0 ? 0 : (n - sh + st - 1) / st;
+  if (lo < o0) lo = o0; if (lo > o1) lo = o1;
+  if (hi > o1) hi = o1; if (hi < lo) hi = lo;
+  *a = lo; *b = hi;
+}
+/* Per-thread growing float scratch buffers, one per slot (the pool's tasks each pack their own operand block):
+   0 conv panel im2col (conv.py), 1-2 bf16 widening of A and B, 3 the bf16 gemm's f32 tile (bf16.py). */
+static float* nnf_tls(int slot, int64_t n) {
+  static __thread float* buf[4]; static __thread int64_t cap[4];
+  if (n > cap[slot]) {
+    free(buf[slot]);
+    buf[slot] = (float*)aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+    if (!buf[slot]) { fprintf(stderr, "nnfuse cpu: out of memory for a %lld-float scratch\n", (long long)n); abort(); }
+    cap[slot] = n;
   }
-  return buf;
+  return buf[slot];
 }
 /* One growing scratch buffer for runtime-packed operands, taken by the calling thread before a parallel region
    (kernels run one after the other, so one buffer serves them all). */

@@ -263,12 +263,10 @@ const char* nnf_wq_path(void) { return "scalar"; }
 /* o (+)= tile - (last ? 128*colsum : 0), on the nv valid columns (cs NULL: no u8 shift to undo) */
 static inline void nnf_q8_merge(int mr, const int32_t* t, int32_t* o, int64_t ldo, int64_t nv, const int32_t* cs,
                                 int first, int last) {
+  if (!cs) last = 0;   /* nothing to subtract */
   for (int r = 0; r < mr; r++) {
     int32_t* restrict orow = o + r * ldo; const int32_t* restrict tr = t + 64 * r;
-    if (!cs) {
-      if (first) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j];
-      else for (int64_t j = 0; j < nv; j++) orow[j] += tr[j];
-    } else if (first && last) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j] - cs[j];
+    if (first && last) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j] - cs[j];
     else if (first) for (int64_t j = 0; j < nv; j++) orow[j] = tr[j];
     else if (last) for (int64_t j = 0; j < nv; j++) orow[j] += tr[j] - cs[j];
     else for (int64_t j = 0; j < nv; j++) orow[j] += tr[j];
@@ -518,9 +516,6 @@ def pack_program(p) -> int:
     done: dict = {}
 
     from .pack import add_const
-
-    def add(arr: np.ndarray, label: str):
-        return add_const(p, arr, label)
     n = 0
     for k in p.kernels:
         kind = k.meta.get("quant")
@@ -530,7 +525,7 @@ def pack_program(p) -> int:
         if kind == "w8a8":
             key = ("q8", id(k.b.buf), k.b.offset, k.b.strides, k.k, k.n)
             if key not in done:
-                done[key] = add(pack_q8(_matrix(p, k.b, k.k, k.n).astype(np.int8)), f"{k.b.buf.label} [vnni packed]")
+                done[key] = add_const(p, pack_q8(_matrix(p, k.b, k.k, k.n).astype(np.int8)), f"{k.b.buf.label} [vnni packed]")
             k.b = Access(done[key], 0, z + (0, 0))
         else:
             q = k.b
@@ -539,7 +534,7 @@ def pack_program(p) -> int:
                 codes = _matrix(p, q.data, k.k, k.n).astype(np.int8)
                 scales = _matrix(p, q.scale, k.k // q.group, k.n).astype(np.float32)
                 data, sc = pack_wq(codes, scales, 4 if kind == "w4" else 8)
-                done[key] = (add(data, f"{q.data.buf.label} [{kind} packed]"), add(sc, f"{q.scale.buf.label} [packed]"))
+                done[key] = (add_const(p, data, f"{q.data.buf.label} [{kind} packed]"), add_const(p, sc, f"{q.scale.buf.label} [packed]"))
             db, sb = done[key]
             k.b = QuantOperand(Access(db, 0, z + (0, 0)), Access(sb, 0, z + (0, 0)), q.group)
         k.meta["quant_packed"] = True
