@@ -18,9 +18,13 @@ def W(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32) * 0.3
 
 
+@pytest.mark.parametrize("psw", ["16", "64"])
 @pytest.mark.parametrize("m", MS)
-def test_packed_weight_ragged_n(m):
-    """x[m, K] @ W[K, N] for every ragged N in one graph; K not a multiple of the 256 K-block for some."""
+def test_packed_weight_ragged_n(m, psw, monkeypatch):
+    """x[m, K] @ W[K, N] for every ragged N in one graph; K not a multiple of the 256 K-block for some; weights
+    packed in 16-column sub-panels per K block (what 16-register targets get) and in plain 64-wide rows (AVX-512),
+    whichever this machine's kernel reads them with."""
+    monkeypatch.setenv("NNFUSE_F32_SUBPANEL", psw)
     rng = np.random.default_rng(m)
     ks = {1: 7, 15: 300, 17: 64, 49: 513, 63: 33, 65: 257, 196: 130}
 
@@ -30,6 +34,7 @@ def test_packed_weight_ragged_n(m):
     exe = check(g, [rng.standard_normal((m, ks[n])).astype(np.float32) for n in NS], rtol=1e-4, atol=1e-4)
     src = exe.source()
     assert src.count("nnf_gemm_pk(_m1 - _m0") >= 1   # really the packed path
+    assert all(k.meta.get("f32_packed") == int(psw) for k in exe.program.kernels if k.kind == "gemm")
 
 
 def test_packed_weight_transposed_shared_batched_alpha_epilogue():

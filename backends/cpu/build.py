@@ -40,6 +40,17 @@ def find_compiler() -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def target_macros(cc: str, flags: tuple = tuple(FLAGS)) -> frozenset:
+    """The predefined macros of `cc` under `flags` (which ISA extensions -march=native enabled), e.g. __AVX512F__."""
+    try:
+        r = subprocess.run([cc, *[f for f in flags if f.startswith(("-m", "-D"))], "-dM", "-E", "-x", "c", os.devnull],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("#define "))
+
+
+@functools.lru_cache(maxsize=None)
 def compiler_id(cc: str) -> str:
     try:
         r = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)

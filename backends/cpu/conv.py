@@ -76,7 +76,7 @@ def emit_forward(w, k: Conv, geo) -> str:
             f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {Mg} ? _m0 + {mc} : {Mg};\n"
             f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
             f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
-            f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, _B, _pa, _pb, "
+            f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, _B, 64, _pa, _pb, "
             f"_O + _m0*{som}, {som});\n")
     if k.epilogue is not None:
         body += _epilogue(w, k, geo, "_m0", "_m1", "_pa * 64", "_pb * 64")
@@ -131,7 +131,7 @@ def emit_panel_im2col(w, k: Conv, geo) -> str:
             f"      if (_q1 - _q0 < 64) for (int64_t _r = 0; _r < {K}; _r++) for (int64_t _i = _q1 - _q0; _i < 64; _i++) _d[_r*64 + _i] = 0.0f;\n"
             f"    }}\n"
             f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
-            f"    nnf_gemm_pk({Mg}, {SP} - _pa*64, {K}, 1.0f, {a}, _cp, 0, _pb - _pa, _O + _pa*64, {som});\n")
+            f"    nnf_gemm_pk({Mg}, {SP} - _pa*64, {K}, 1.0f, {a}, _cp, 64, 0, _pb - _pa, _O + _pa*64, {som});\n")
     if k.epilogue is not None:
         body += _epilogue(w, k, geo, "0", str(Mg), "_pa * 64", "_pb * 64")
     body += "  }\n"
@@ -167,7 +167,7 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
             f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {SP} ? _m0 + {mc} : {SP};\n"
             f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npm} ? _pa + {pt} : {npm};\n"
             f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, "
-            f"{wp} + {Wt.offset} + _g*{npm * K * 64}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
+            f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_rows_are_positions']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
     body += _epilogue(w, k, geo, "_pa * 64", "(_pb * 64 < " + str(Mg) + " ? _pb * 64 : " + str(Mg) + ")", "_m0", "_m1",
                       src=f"_Ct[_qq*{ldt} + _ml]")
     body += "  }\n"

@@ -20,6 +20,7 @@ from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
 from ...passes.lower import cstrides
 
 PANEL = 64
+KC = 256   # the K block of nnf_gemm_pk (C): a packed sub-panel layout is per K block
 
 C_SOURCE = r"""
 #include <stdio.h>
@@ -27,13 +28,13 @@ C_SOURCE = r"""
 /* rows [0, M) of one 64-column block of C over kc steps of k; b: kc rows of 64 floats. nw < 64 (a ragged last
    panel): computed at full width into a tile, nw columns copied out. */
 static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A, int64_t sab,
-                           int64_t sam, int64_t sak, const float* b, float* C, int64_t ldc) {
+                           int64_t sam, int64_t sak, const float* b, int64_t psw, float* C, int64_t ldc) {
   float tile[96 * 64] __attribute__((aligned(64)));
   float* c = C; int64_t lc = ldc;
   if (nw < 64) {   /* ragged: a zero-padded tile (no denormal/NaN garbage in the unused columns) */
     if (M > 96) {
       for (int64_t m = 0; m < M; m += 96)
-        nnf_panel_rows(M - m < 96 ? M - m : 96, nw, kc, first, sc, A + (m / 6) * sab, sab, sam, sak, b, C + m * ldc, ldc);
+        nnf_panel_rows(M - m < 96 ? M - m : 96, nw, kc, first, sc, A + (m / 6) * sab, sab, sam, sak, b, psw, C + m * ldc, ldc);
       return;
     }
     memset(tile, 0, sizeof(float) * 64 * M);
@@ -44,18 +45,22 @@ static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float s
   /* slices outermost: one slice of B (kc x NNF_SW, 16 KiB at kc 256 on AVX2) stays in L1 across the row blocks */
   for (int s = 0; s < 64; s += NNF_SW) {
     if (s >= nw) break;
+    /* slice s: columns s.. of the block; in sub-panels of psw columns (kc*psw floats each) its vectors lie in one
+       sub-panel (NNF_VW < psw) or one per sub-panel (NNF_VW == psw, AVX-512 on a 16-wide layout) */
+    const float* bs = b + (s / psw) * kc * psw + s % psw;
+    const int64_t vs = NNF_VW < psw ? NNF_VW : kc * psw;
     for (int64_t m = 0; m < M;) {
       int64_t rem = M - m;
       int mr = (rem == 7 || rem == 8) && linear ? 4 : rem >= 6 ? 6 : (int)rem;   /* 32 rows: 4 x 6 + 4 + 4, not 5 x 6 + 2 */
       const float* a = A + (m / 6) * sab + (m % 6) * sam;   /* a run of mr rows never crosses a 6-row block */
       float* t = c + m * lc + s;
       switch (mr) {
-        case 6: nnf_mks6(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
-        case 5: nnf_mks5(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
-        case 4: nnf_mks4(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
-        case 3: nnf_mks3(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
-        case 2: nnf_mks2(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
-        default: nnf_mks1(kc, first, sc, a, sam, sak, b + s, 64, t, lc); break;
+        case 6: nnf_mks6(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
+        case 5: nnf_mks5(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
+        case 4: nnf_mks4(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
+        case 3: nnf_mks3(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
+        case 2: nnf_mks2(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
+        default: nnf_mks1(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
       }
       m += mr;
     }
@@ -67,7 +72,7 @@ static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float s
    (sab = 6K, sam = 1, sak = 6) so that the micro-kernel reads it as one contiguous stream. K blocked by 256 (a panel block,
    64 KiB, stays in L2), rows blocked by 96 (an A block, 96 KiB, stays in L2 across the panels of the call). */
 static void nnf_gemm_pk(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sab, int64_t sam,
-                        int64_t sak, const float* Bp, int64_t p0, int64_t p1, float* C, int64_t ldc) {
+                        int64_t sak, const float* Bp, int64_t psw, int64_t p0, int64_t p1, float* C, int64_t ldc) {
   const int64_t KC = 256, MC = 96;
   if (K <= 0) {
     for (int64_t m = 0; m < M; m++) for (int64_t n = p0 * 64; n < p1 * 64 && n < N; n++) C[m * ldc + n] = 0;
@@ -82,7 +87,7 @@ static void nnf_gemm_pk(int64_t M, int64_t N, int64_t K, float alpha, const floa
       for (int64_t p = p0; p < p1; p++) {
         int64_t n = p * 64, nw = N - n < 64 ? N - n : 64;
         nnf_panel_rows(mc, nw, kc, first, sc, A + (m0 / 6) * sab + k0 * sak, sab, sam, sak, Bp + p * K * 64 + k0 * 64,
-                       C + m0 * ldc + n, ldc);
+                       psw, C + m0 * ldc + n, ldc);
       }
     }
   }
@@ -165,13 +170,32 @@ def strided_matrix(p: Program, acc: Access, rows: int, cols: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(src[acc.offset:], (rows, cols), (acc.strides[-2] * item, acc.strides[-1] * item))
 
 
-def pack_panels(w: np.ndarray) -> np.ndarray:
-    """[K, N] -> panels [ceil(N/64)][K][64] (zero padded), flattened."""
+def sub_panel() -> int:
+    """Sub-panel width of compile-time packed f32 panels: the micro-kernel's slice width on this target. AVX-512
+    reads a 64-column row per k step (one stream); a 16-register target reads 16-column slices, which in 64-wide
+    rows sit 256 bytes apart (L1 set conflicts: the slice is served from L2), so there each K block of a panel
+    stores its four 16-column sub-panels one after the other (+7 % on a Zen 3 core, same process).
+    NNFUSE_F32_SUBPANEL=64 forces plain rows (A/B runs)."""
+    from .build import find_compiler, target_macros
+    forced = os.environ.get("NNFUSE_F32_SUBPANEL")
+    if forced in ("16", "64"):
+        return int(forced)
+    return 64 if "__AVX512F__" in target_macros(find_compiler()) else 16
+
+
+def pack_panels(w: np.ndarray, psw: int = PANEL) -> np.ndarray:
+    """[K, N] -> panels [ceil(N/64)][K][64] (zero padded), flattened; with psw < 64 each K block of KC rows (the
+    kernel's K block, fewer in the last) holds its 64 / psw sub-panels of [rows][psw] one after the other."""
     K, N = w.shape
     NP = -(-N // PANEL)
     buf = np.zeros((K, NP * PANEL), dtype=np.float32)
     buf[:, :N] = w
-    return np.ascontiguousarray(buf.reshape(K, NP, PANEL).transpose(1, 0, 2)).reshape(-1)
+    pan = buf.reshape(K, NP, PANEL).transpose(1, 0, 2)                # [NP][K][64]
+    if psw < PANEL:
+        blocks = [pan[:, k0:k0 + KC].reshape(NP, -1, PANEL // psw, psw).transpose(0, 2, 1, 3).reshape(NP, -1, PANEL)
+                  for k0 in range(0, K, KC)]
+        pan = np.concatenate(blocks, axis=1)
+    return np.ascontiguousarray(pan).reshape(-1)
 
 
 def aligned(arr: np.ndarray, align: int = 64) -> np.ndarray:
@@ -230,6 +254,7 @@ def pack_program(p: Program) -> int:
         return 0
     done: dict[tuple, Buffer] = {}
     n = 0
+    psw = sub_panel()
     for k in p.kernels:
         if isinstance(k, Conv) and conv_packable(k):
             geo = k.geometry()
@@ -241,10 +266,10 @@ def pack_program(p: Program) -> int:
             key += (pos,)
             if key not in done:
                 wg = src.reshape(geo.groups, geo.mg, K)
-                arr = (np.concatenate([pack_panels(wg[j].T) for j in range(geo.groups)]) if pos else pack_rows6(wg))
+                arr = (np.concatenate([pack_panels(wg[j].T, psw) for j in range(geo.groups)]) if pos else pack_rows6(wg))
                 done[key] = add_const(p, arr, k.w.buf.label + (" (f32 W^T panels)" if pos else " (f32 6-row blocks)"))
             k.w = Access(done[key], 0, (1,))
-            k.meta["f32_rows_are_positions" if pos else "f32_rows6"] = True
+            k.meta["f32_rows_are_positions" if pos else "f32_rows6"] = psw if pos else True
             n += 1
             continue
         if not (isinstance(k, Gemm) and packable(k)):
@@ -253,9 +278,9 @@ def pack_program(p: Program) -> int:
         key = (id(b.buf), b.offset, b.strides[-2:], k.k, k.n)
         nb = done.get(key)
         if nb is None:
-            nb = done[key] = add_const(p, pack_panels(strided_matrix(p, b, k.k, k.n)), b.buf.label + " (f32 panels)")
+            nb = done[key] = add_const(p, pack_panels(strided_matrix(p, b, k.k, k.n), psw), b.buf.label + " (f32 panels)")
         k.b = Access(nb, 0, (0,) * len(k.batch) + (PANEL, 1))   # read through the panel layout (meta), not these strides
-        k.meta["f32_packed"] = True
+        k.meta["f32_packed"] = psw   # the sub-panel width the C reads the layout with
         n += 1
     if n:
         drop_unread(p)
