@@ -117,6 +117,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for key in ("kernels", "kernel_kinds", "arena_bytes", "naive_bytes", "cache_hit", "threads"):
         if key in st:
             rows.append((key.replace("_", " "), st[key]))
+    for fam, path in st.get("kernel_paths", {}).items():   # what -march=native chose on this CPU
+        rows.append((f"{fam.replace('_', '-')} kernels", path))
     for k, v in rows:
         out(f"{k:20s} {v}")
     if args.output:

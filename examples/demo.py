@@ -74,6 +74,8 @@ def llama_demo() -> None:
         print(cm.report.table())
     s = cm.stats()
     print("\n-- op histogram --\n  " + ", ".join(f"{k}: {v}" for k, v in list(s["ops"].items())[:12]))
+    if s.get("kernel_paths"):   # machines differ (AVX-512, AVX2, AMX, VNNI): what the generated code runs here
+        print("-- kernel paths on this CPU: " + ", ".join(f"{k} {v}" for k, v in s["kernel_paths"].items()))
     with torch.inference_mode():
         ref = model(ids)
         got = cm(ids)

@@ -199,3 +199,14 @@ def test_kernels_use_vectors_the_target_has(tmp_path, march):
         assert r.returncode == 0, r.stderr[-2000:]
         piecewise = [ln for ln in r.stderr.splitlines() if "Wvector-operation-performance" in ln]
         assert not piecewise, f"{name} on {march}:\n" + "\n".join(piecewise[:10])
+
+
+def test_kernel_paths_report_what_the_target_has():
+    """stats()["kernel_paths"] names the path each kernel family compiled to, consistent with the compiler's macros."""
+    from nnfuse.backends import cpu
+    from nnfuse.backends.cpu.build import find_compiler, target_macros
+    exe = cpu.compile_graph(_model(3.5))
+    paths = exe.stats()["kernel_paths"]
+    macros = target_macros(find_compiler())
+    want = "avx512" if "__AVX512F__" in macros else "avx2" if "__AVX2__" in macros else ""
+    assert paths["f32"].startswith(want) and "int8" not in paths   # no quantized kernels in this model

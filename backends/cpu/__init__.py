@@ -153,7 +153,20 @@ class CpuExecutable:
                   "blas": "openblas" if self.blas else "generated-c", "gemm": self.gemm, "library": self.lib_path})
         if getattr(self, "bf16_path", None):
             s["bf16_path"] = self.bf16_path
+        s["kernel_paths"] = self.kernel_paths()
         return s
+
+    def kernel_paths(self) -> dict:
+        """Which code path each kernel family of the built library takes on this CPU (chosen by the compiler's
+        target macros under -march=native): the f32 tile, and bf16 / int8 / weight-only where the model has them."""
+        out = {}
+        for key, fn in (("f32", "nnf_vector_path"), ("bf16", "nnf_bf16_path"), ("int8", "nnf_q8_path"),
+                        ("weight_only", "nnf_wq_path")):
+            f = getattr(self.lib, fn, None)
+            if f is not None:
+                f.restype = ctypes.c_char_p
+                out[key] = f().decode()
+        return out
 
 
 class SpecializingExecutable:

@@ -193,6 +193,15 @@ typedef float nnf_v8u __attribute__((vector_size(32), aligned(4)));
 #define NNF_VW 4
 #define NNF_TV 2
 #endif
+#if defined(__AVX512F__)
+const char* nnf_vector_path(void) { return "avx512: 6x64 f32 tiles"; }
+#elif defined(__AVX2__) && defined(__FMA__)
+const char* nnf_vector_path(void) { return "avx2+fma: 6x16 f32 slices"; }
+#elif defined(__AVX__)
+const char* nnf_vector_path(void) { return "avx: 6x16 f32 slices, no fma"; }
+#else
+const char* nnf_vector_path(void) { return "128-bit vectors: 6x8 f32 slices"; }
+#endif
 typedef float nnf_vf __attribute__((vector_size(NNF_VW * 4)));
 typedef float nnf_vfu __attribute__((vector_size(NNF_VW * 4), aligned(4)));
 #define NNF_VLD(p) (*(const nnf_vfu*)(p))
