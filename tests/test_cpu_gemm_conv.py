@@ -104,10 +104,26 @@ def test_convs_resnet_like():
         assert any(kinds) and not all(kinds)   # both orientations ran
 
 
-def test_panel_im2col_convs():
+def test_direct_convs():
+    """Stride-1 2-D convs on wide images run directly from a zero-padded input copy (no im2col): pad 1, dilation 2,
+    asymmetric pads and a 5x3 kernel, no padding at all (the input read in place), groups, two images, output
+    channels over several 64-channel panels with a ragged last one; bias + relu + residual epilogues."""
+    rng = np.random.default_rng(8)
+    cases = [((16, 6, 3, 3), {"pads": [1, 1, 1, 1]}, True, True, True),
+             ((70, 6, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, True, True, False),
+             ((9, 6, 5, 3), {"pads": [0, 1, 2, 0]}, True, False, False),
+             ((12, 6, 3, 3), {}, False, True, False),
+             ((12, 3, 3, 3), {"groups": 2, "pads": [1, 1, 1, 1]}, True, True, True)]
+    g = _conv_graph(rng, cases, (2, 6, 19, 40))
+    exe = check(g, [rng.standard_normal((2, 6, 19, 40)).astype(np.float32)], rtol=1e-4, atol=1e-4)
+    assert sum(1 for k in exe.program.kernels if k.meta.get("f32_direct")) >= 5   # every case took the direct form
+
+
+def test_panel_im2col_convs(monkeypatch):
     """Large-image 2-D convs take the per-panel im2col (each task packs its own 64 positions): padded, strided,
     dilated, asymmetric pads, grouped, two images; output rows split across panels (23 wide) and a ragged last
-    panel; bias + relu + residual epilogues."""
+    panel; bias + relu + residual epilogues. (Stride-1 convs on wide images run direct by default: off here.)"""
+    monkeypatch.setenv("NNFUSE_CONV_DIRECT", "0")
     rng = np.random.default_rng(6)
     cases = [((16, 8, 3, 3), {"pads": [1, 1, 1, 1]}, True, True, True),
              ((12, 8, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, True, True, False),

@@ -205,7 +205,7 @@ static void nnf_gemm_bf16s(int64_t M, int64_t n0, int64_t n1, int64_t K, float a
         for (int j = 0; j < 64; j++) { ev[j] = lane[j] << 16; od[j] = lane[j] & 0xffff0000u; }
       }
       int64_t nw = n1 - n < 64 ? n1 - n : 64;
-      nnf_panel_rows(M, nw, kk, first, sc, af, 6 * 256, 256, 1, bf, 64, C + (n - n0), ldc);
+      nnf_panel_rows(M, nw, kk, first, sc, af, 6 * 256, 256, 1, 0, bf, 64, C + (n - n0), ldc);
     }
   }
 }

@@ -209,13 +209,14 @@ typedef float nnf_vfu __attribute__((vector_size(NNF_VW * 4), aligned(4)));
 static int nnf_gemm_mode = 0;   /* 0: generated kernel where it applies, 1: always BLAS */
 void nnf_set_gemm_mode(int m) { nnf_gemm_mode = m; }
 /* MR x NNF_SW block (one slice: MR x NNF_TV register vectors) over kc steps of k; vector j of B's row k at
-   b + k*ldb + j*vs (vs = NNF_VW for row-major B; a packed panel's sub-panels are kc*16 floats apart). Not
-   inlined: inlined into its callers, gcc ran out of vector registers and spilled a B vector on every k step. */
+   b + k*ldb + j*vs (vs = NNF_VW for row-major B; a packed panel's sub-panels are kc*16 floats apart). A[r, k] is at
+   a[AIDX]: strided (nnf_mks: r*sam + k*sak) or, for a direct convolution, a row of consecutive positions plus a
+   per-k offset into the padded input (nnf_mkt: r + koff[k]). Not inlined: inlined into its callers, gcc ran out
+   of vector registers and spilled a B vector on every k step. */
 #define NNF_SW (NNF_TV * NNF_VW)
-#define NNF_MK(MR)                                                                                               \
-static __attribute__((noinline)) void nnf_mks##MR(int64_t kc, int first, float sc, const float* a, int64_t sam,   \
-                                                   int64_t sak, const float* b, int64_t ldb, int64_t vs,         \
-                                                   float* c, int64_t ldc) {                                      \
+#define NNF_MK_DEF(NAME, MR, AIDX, ...)                                                                          \
+static __attribute__((noinline)) void NAME(int64_t kc, int first, float sc, const float* a, __VA_ARGS__,          \
+                                           const float* b, int64_t ldb, int64_t vs, float* c, int64_t ldc) {     \
   nnf_vf acc[MR][NNF_TV];                                                                                        \
   for (int r = 0; r < MR; r++) for (int j = 0; j < NNF_TV; j++)                                                  \
     acc[r][j] = first ? (nnf_vf){0} : NNF_VLD(c + r * ldc + NNF_VW * j);                                         \
@@ -226,12 +227,15 @@ static __attribute__((noinline)) void nnf_mks##MR(int64_t kc, int first, float s
     b += ldb;                                                                                                    \
     _Pragma("GCC unroll 8")                                                                                      \
     for (int r = 0; r < MR; r++) {                                                                               \
-      nnf_vf av = a[r * sam + k * sak] - (nnf_vf){0};   /* x - 0 == x exactly (x + 0 is not: -0): a broadcast */   \
+      nnf_vf av = a[AIDX] - (nnf_vf){0};   /* x - 0 == x exactly (x + 0 is not: -0): a broadcast */              \
       for (int j = 0; j < NNF_TV; j++) acc[r][j] += av * bv[j];                                                  \
     }                                                                                                            \
   }                                                                                                              \
   for (int r = 0; r < MR; r++) for (int j = 0; j < NNF_TV; j++) NNF_VST(c + r * ldc + NNF_VW * j, acc[r][j] * sc); \
-}                                                                                                                \
+}
+#define NNF_MK(MR)                                                                                               \
+NNF_MK_DEF(nnf_mks##MR, MR, r * sam + k * sak, int64_t sam, int64_t sak)                                         \
+NNF_MK_DEF(nnf_mkt##MR, MR, r + koff[k], const int64_t* koff)                                                    \
 /* MR x 64: the slices of a 64-column panel one after the other */                                              \
 static inline void nnf_mk##MR(int64_t kc, int first, float sc, const float* a, int64_t sam, int64_t sak,          \
                               const float* b, int64_t ldb, float* c, int64_t ldc) {                              \
@@ -244,8 +248,8 @@ NNF_MK(3)
 NNF_MK(2)
 NNF_MK(1)
 static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A,
-                           int64_t sab, int64_t sam, int64_t sak, const float* b, int64_t psw, float* C,
-                           int64_t ldc);   /* pack.py */
+                           int64_t sab, int64_t sam, int64_t sak, const int64_t* koff, const float* b, int64_t psw,
+                           float* C, int64_t ldc);   /* pack.py */
 static void nnf_gemm_np(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sam, int64_t sak,
                         const float* B, int64_t ldb, float* C, int64_t ldc) {
   const int64_t KC = 256;
@@ -271,7 +275,7 @@ static void nnf_gemm_np(int64_t M, int64_t N, int64_t K, float alpha, const floa
           const float* restrict br = B + (k0 + k) * ldb + n;
           for (int64_t j = 0; j < 64; j++) bp[k * 64 + j] = j < nw ? br[j] : 0.0f;
         }
-        nnf_panel_rows(M, nw, kc, first, sc, A + k0 * sak, 6 * sam, sam, sak, bp, 64, C + n, ldc);
+        nnf_panel_rows(M, nw, kc, first, sc, A + k0 * sak, 6 * sam, sam, sak, 0, bp, 64, C + n, ldc);
       }
     }
   }
@@ -743,7 +747,7 @@ class KernelWriter:
                  f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {k.m} ? _m0 + {mc} : {k.m};\n"
                  f"    int64_t _p0 = _tp * {pt}, _p1 = _p0 + {pt} < {npan} ? _p0 + {pt} : {npan};\n"
                  f"    nnf_gemm_pk(_m1 - _m0, {k.n}, {k.k}, {float(k.alpha)!r}f, {a_ptr} + _m0*{sam}, {6 * sam}, {sam}, {sak}, "
-                 f"{b_ptr}, {k.meta['f32_packed']}, _p0, _p1, _O + _m0*{ldo}, {ldo});\n"
+                 f"0, {b_ptr}, {k.meta['f32_packed']}, _p0, _p1, _O + _m0*{ldo}, {ldo});\n"
                  f"    {{ int64_t _n0 = _p0 * 64, _n1 = _p1 * 64 < {k.n} ? _p1 * 64 : {k.n}; (void)_n0; (void)_n1;\n"
                  f"      {epi_loop('_m0', '_m1', '_n0', '_n1')} }}\n  }}\n")
         total = nbatch * nm * ngp

@@ -54,6 +54,8 @@ def emit_forward(w, k: Conv, geo) -> str:
     wp, o = w.bn(Wt.buf), w.bn(O.buf)
     SP, K = math.prod(osp), Cg * KK
     plain = k.col is None and all(v == 1 for v in ks) and all(v == 1 for v in k.strides) and not any(k.pads)
+    if k.meta.get("f32_direct"):
+        return emit_direct(w, k, geo)
     if k.meta.get("f32_rows_are_positions"):
         return emit_positions_as_rows(w, k, geo, plain)
     npan = -(-SP // 64)
@@ -76,13 +78,82 @@ def emit_forward(w, k: Conv, geo) -> str:
             f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {Mg} ? _m0 + {mc} : {Mg};\n"
             f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
             f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
-            f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, _B, 64, _pa, _pb, "
+            f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, 0, _B, 64, _pa, _pb, "
             f"_O + _m0*{som}, {som});\n")
     if k.epilogue is not None:
         body += _epilogue(w, k, geo, "_m0", "_m1", "_pa * 64", "_pb * 64")
     body += "  }\n"
     work = Mg * K * SP
     s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
+    return s + "  }\n"
+
+
+def direct_conv(k: Conv) -> bool:
+    """A stride-1 2-D conv computed directly from a zero-padded copy of its input (`emit_direct`): no im2col.
+    Chosen where the virtual output grid (padded width) wastes <= 10 % (ResNet's 56x56 and 28x28 3x3 stages:
+    1.75 -> 1.33 and 1.53 -> 1.33 ms; 14x14 with pad 1 wastes 14 %, 7x7 29 %: measured no faster, they keep
+    the im2col). NNFUSE_CONV_DIRECT=0 turns it off (A/B runs)."""
+    geo = k.geometry()
+    if geo.transpose or len(geo.kernel) != 2 or tuple(k.strides) != (1, 1) or geo.taps == 1:
+        return False
+    pw = geo.in_spatial[1] + k.pads[1] + k.pads[3]
+    ow = geo.out_spatial[1]
+    return ow > 0 and geo.out_spatial[0] > 0 and (pw - ow) <= 0.1 * ow
+
+
+def emit_direct(w, k: Conv, geo) -> str:
+    """C^T[v, Mg] = A[v, K] @ W_g^T[K, Mg] over the virtual grid v = oy*PW + ox of a zero-padded input xp[Cg][PH][PW]
+    (ox in [OW, PW) are computed and dropped): A[v, (c, ky, kx)] = xp[v + c*PH*PW + ky*dy*PW + kx*dx], so the
+    micro-kernel reads rows of consecutive positions at a per-k offset (nnf_mkt) and no im2col is written (it is
+    9x the activations for a 3x3 conv: ~20 % of the layer's time even per panel in L2). W^T in 64-channel panels
+    (pack.py); tasks are (position block) x (channel panels); each writes its block to NCHW through the epilogue."""
+    N, G, Cg, Mg = geo.n, geo.groups, geo.cg, geo.mg
+    (IH, IW), (OH, OW), (KH, KW) = geo.in_spatial, geo.out_spatial, geo.kernel
+    (dy, dx), (pt, pl, pb, pr) = k.dilations, k.pads
+    PH, PW = IH + pt + pb, IW + pl + pr
+    X, Wt = k.x, k.w
+    sxn, sxc = X.strides[0], X.strides[1]
+    x, wp = w.bn(X.buf), w.bn(Wt.buf)
+    K, NV, plane = Cg * KH * KW, (OH - 1) * PW + OW, PH * PW
+    npm = -(-Mg // 64)
+    ldt = npm * 64 + 16   # rows not a power-of-two apart
+    padded = any((pt, pl, pb, pr))
+    s = f"  float* _xp = nnf_f32_scratch({(Cg * plane if padded else 0) + NV * ldt}); (void)_xp;\n"
+    s += f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
+    if padded:   # the zero-padded input, a channel plane per task
+        body = (f"  const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+                f"  for (int64_t _c = _lo; _c < _hi; _c++) {{\n"
+                f"    float* restrict _d = nnf_f32_buf + _c*{plane}; const float* restrict _s = _x + _c*{sxc};\n"
+                f"    for (int64_t _y = 0; _y < {PH}; _y++) {{\n"
+                f"      float* restrict _dr = _d + _y*{PW}; int64_t _iy = _y - {pt};\n"
+                f"      if (_iy < 0 || _iy >= {IH}) {{ for (int64_t _i = 0; _i < {PW}; _i++) _dr[_i] = 0.0f; continue; }}\n"
+                f"      for (int64_t _i = 0; _i < {pl}; _i++) _dr[_i] = 0.0f;\n"
+                f"      for (int64_t _i = 0; _i < {IW}; _i++) _dr[{pl} + _i] = _s[_iy*{IW} + _i];\n"
+                f"      for (int64_t _i = {pl + IW}; _i < {PW}; _i++) _dr[_i] = 0.0f;\n"
+                f"    }}\n  }}\n")
+        s += "  " + w.parallel(Cg, max(1, Cg // 16) if Cg * plane >= 16384 else Cg, body, ("_n", "_g")).lstrip()
+        a_base = "nnf_f32_buf"
+    else:
+        a_base = f"{x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc}"
+    ct = f"nnf_f32_buf + {Cg * plane if padded else 0}"
+    pt_, ngp, mc, nm = task_split(npm, NV, 8)
+    body = (f"  const float* _A = {a_base}; float* _Ct = {ct};\n"
+            f"  int64_t _koff[{K}];   /* A's offset for each k = (c, ky, kx) */\n"
+            f"  for (int64_t _c = 0, _r = 0; _c < {Cg}; _c++) for (int64_t _ky = 0; _ky < {KH}; _ky++)\n"
+            f"    for (int64_t _kx = 0; _kx < {KW}; _kx++) _koff[_r++] = _c*{plane} + _ky*{dy * PW} + _kx*{dx};\n"
+            f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
+            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {NV} ? _m0 + {mc} : {NV};\n"
+            f"    int64_t _pa = _tp * {pt_}, _pb = _pa + {pt_} < {npm} ? _pa + {pt_} : {npm};\n"
+            f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, 0, _koff, "
+            f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_direct']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n"
+            # the real output positions of virtual rows [_m0, _m1): whole rows of OW, cut at OW within a row
+            f"    int64_t _q0 = (_m0 / {PW})*{OW} + (_m0 % {PW} < {OW} ? _m0 % {PW} : {OW});\n"
+            f"    int64_t _q1 = (_m1 / {PW})*{OW} + (_m1 % {PW} < {OW} ? _m1 % {PW} : {OW});\n")
+    body += _epilogue(w, k, geo, "_pa * 64", f"(_pb * 64 < {Mg} ? _pb * 64 : {Mg})", "_q0", "_q1",
+                      src=f"_Ct[(_p0*{PW} + _p1)*{ldt} + _ml]")
+    body += "  }\n"
+    s += "  " + w.parallel(nm * ngp, 1, body, ("_n", "_g")).lstrip()
     return s + "  }\n"
 
 
@@ -131,7 +202,7 @@ def emit_panel_im2col(w, k: Conv, geo) -> str:
             f"      if (_q1 - _q0 < 64) for (int64_t _r = 0; _r < {K}; _r++) for (int64_t _i = _q1 - _q0; _i < 64; _i++) _d[_r*64 + _i] = 0.0f;\n"
             f"    }}\n"
             f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
-            f"    nnf_gemm_pk({Mg}, {SP} - _pa*64, {K}, 1.0f, {a}, _cp, 64, 0, _pb - _pa, _O + _pa*64, {som});\n")
+            f"    nnf_gemm_pk({Mg}, {SP} - _pa*64, {K}, 1.0f, {a}, 0, _cp, 64, 0, _pb - _pa, _O + _pa*64, {som});\n")
     if k.epilogue is not None:
         body += _epilogue(w, k, geo, "0", str(Mg), "_pa * 64", "_pb * 64")
     body += "  }\n"
@@ -166,7 +237,7 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
             f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
             f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {SP} ? _m0 + {mc} : {SP};\n"
             f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npm} ? _pa + {pt} : {npm};\n"
-            f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, "
+            f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, 0, "
             f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_rows_are_positions']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
     body += _epilogue(w, k, geo, "_pa * 64", "(_pb * 64 < " + str(Mg) + " ? _pb * 64 : " + str(Mg) + ")", "_m0", "_m1",
                       src=f"_Ct[_qq*{ldt} + _ml]")

@@ -28,13 +28,15 @@ C_SOURCE = r"""
 /* rows [0, M) of one 64-column block of C over kc steps of k; b: kc rows of 64 floats. nw < 64 (a ragged last
    panel): computed at full width into a tile, nw columns copied out. */
 static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float sc, const float* A, int64_t sab,
-                           int64_t sam, int64_t sak, const float* b, int64_t psw, float* C, int64_t ldc) {
+                           int64_t sam, int64_t sak, const int64_t* koff, const float* b, int64_t psw, float* C,
+                           int64_t ldc) {
   float tile[96 * 64] __attribute__((aligned(64)));
   float* c = C; int64_t lc = ldc;
   if (nw < 64) {   /* ragged: a zero-padded tile (no denormal/NaN garbage in the unused columns) */
     if (M > 96) {
       for (int64_t m = 0; m < M; m += 96)
-        nnf_panel_rows(M - m < 96 ? M - m : 96, nw, kc, first, sc, A + (m / 6) * sab, sab, sam, sak, b, psw, C + m * ldc, ldc);
+        nnf_panel_rows(M - m < 96 ? M - m : 96, nw, kc, first, sc, A + (m / 6) * sab, sab, sam, sak, koff, b, psw,
+                       C + m * ldc, ldc);
       return;
     }
     memset(tile, 0, sizeof(float) * 64 * M);
@@ -54,7 +56,14 @@ static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float s
       int mr = (rem == 7 || rem == 8) && linear ? 4 : rem >= 6 ? 6 : (int)rem;   /* 32 rows: 4 x 6 + 4 + 4, not 5 x 6 + 2 */
       const float* a = A + (m / 6) * sab + (m % 6) * sam;   /* a run of mr rows never crosses a 6-row block */
       float* t = c + m * lc + s;
-      switch (mr) {
+      if (koff) switch (mr) {   /* a direct convolution: A[r, k] = a[r + koff[k]] */
+        case 6: nnf_mkt6(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+        case 5: nnf_mkt5(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+        case 4: nnf_mkt4(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+        case 3: nnf_mkt3(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+        case 2: nnf_mkt2(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+        default: nnf_mkt1(kc, first, sc, a, koff, bs, psw, vs, t, lc); break;
+      } else switch (mr) {
         case 6: nnf_mks6(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
         case 5: nnf_mks5(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
         case 4: nnf_mks4(kc, first, sc, a, sam, sak, bs, psw, vs, t, lc); break;
@@ -69,10 +78,12 @@ static void nnf_panel_rows(int64_t M, int64_t nw, int64_t kc, int first, float s
 }
 /* C[0:M, 64*p0 : min(64*p1, N)] = alpha * A @ B with B packed (K rows per panel). A[m, k] is at
    (m / 6) * sab + (m % 6) * sam + k * sak: a strided matrix (sab = 6 * sam), or a weight packed in 6-row blocks
-   (sab = 6K, sam = 1, sak = 6) so that the micro-kernel reads it as one contiguous stream. K blocked by 256 (a panel block,
+   (sab = 6K, sam = 1, sak = 6) so that the micro-kernel reads it as one contiguous stream; with koff (a direct
+   convolution: sab = 6, sam = 1) at m + koff[k]. K blocked by 256 (a panel block,
    64 KiB, stays in L2), rows blocked by 96 (an A block, 96 KiB, stays in L2 across the panels of the call). */
 static void nnf_gemm_pk(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t sab, int64_t sam,
-                        int64_t sak, const float* Bp, int64_t psw, int64_t p0, int64_t p1, float* C, int64_t ldc) {
+                        int64_t sak, const int64_t* koff, const float* Bp, int64_t psw, int64_t p0, int64_t p1,
+                        float* C, int64_t ldc) {
   const int64_t KC = 256, MC = 96;
   if (K <= 0) {
     for (int64_t m = 0; m < M; m++) for (int64_t n = p0 * 64; n < p1 * 64 && n < N; n++) C[m * ldc + n] = 0;
@@ -86,8 +97,8 @@ static void nnf_gemm_pk(int64_t M, int64_t N, int64_t K, float alpha, const floa
       int64_t mc = M - m0 < MC ? M - m0 : MC;
       for (int64_t p = p0; p < p1; p++) {
         int64_t n = p * 64, nw = N - n < 64 ? N - n : 64;
-        nnf_panel_rows(mc, nw, kc, first, sc, A + (m0 / 6) * sab + k0 * sak, sab, sam, sak, Bp + p * K * 64 + k0 * 64,
-                       psw, C + m0 * ldc + n, ldc);
+        nnf_panel_rows(mc, nw, kc, first, sc, A + (m0 / 6) * sab + (koff ? 0 : k0 * sak), sab, sam, sak,
+                       koff ? koff + k0 : 0, Bp + p * K * 64 + k0 * 64, psw, C + m0 * ldc + n, ldc);
       }
     }
   }
@@ -261,15 +272,17 @@ def pack_program(p: Program) -> int:
             K = geo.cg * geo.taps
             src = p.const_data[k.w.buf.index].reshape(-1)[k.w.offset:k.w.offset + geo.m * K]
             key = ("conv", id(k.w.buf), k.w.offset, geo.m, K, geo.groups)
-            from .conv import rows_are_positions
-            pos = rows_are_positions(k)
+            from .conv import direct_conv, rows_are_positions
+            form = ("f32_direct" if direct_conv(k) and os.environ.get("NNFUSE_CONV_DIRECT", "1") != "0"
+                    else "f32_rows_are_positions" if rows_are_positions(k) else "f32_rows6")
+            pos = form != "f32_rows6"   # the direct and positions-as-rows forms read W^T panels
             key += (pos,)
             if key not in done:
                 wg = src.reshape(geo.groups, geo.mg, K)
                 arr = (np.concatenate([pack_panels(wg[j].T, psw) for j in range(geo.groups)]) if pos else pack_rows6(wg))
                 done[key] = add_const(p, arr, k.w.buf.label + (" (f32 W^T panels)" if pos else " (f32 6-row blocks)"))
             k.w = Access(done[key], 0, (1,))
-            k.meta["f32_rows_are_positions" if pos else "f32_rows6"] = psw if pos else True
+            k.meta[form] = psw if pos else True
             n += 1
             continue
         if not (isinstance(k, Gemm) and packable(k)):
