@@ -13,6 +13,7 @@ pytest.importorskip("torch_mlir", reason="torch-mlir is not installed (pip insta
 T = pytest.importorskip("transformers")
 
 import nnfuse  # noqa: E402
+from torch_util import Logits
 from nnfuse.backends import mlir as mlir_backend  # noqa: E402
 from nnfuse.frontends import mlir as mlir_frontend  # noqa: E402
 from nnfuse.ir import NnfuseError, evaluate, verify  # noqa: E402
@@ -20,15 +21,6 @@ from nnfuse.ir import NnfuseError, evaluate, verify  # noqa: E402
 warnings.filterwarnings("ignore")
 nn = torch.nn
 
-
-class Logits(nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        o = self.m(x)
-        return o.logits if hasattr(o, "logits") else o.last_hidden_state
 
 
 def _models():

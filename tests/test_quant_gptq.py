@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from torch_util import Logits, tiny_llama
 from nnfuse.api import to_graph
 from nnfuse.ir import NnfuseError, evaluate
 from nnfuse.ir.quant_formats import Scheme, dequantize_with, quantize
@@ -78,22 +79,10 @@ def test_mse_clip_search_prefers_clipping_for_int4_gaussian_tokens():
     assert CLIP_RATIOS[int(np.argmin(e8))] >= 0.8      # at 8 bits clipping buys little
 
 
-class Logits(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, ids):
-        return self.m(ids).logits
-
 
 @pytest.fixture(scope="module")
 def llama():
-    import transformers as T
-    torch.manual_seed(0)
-    c = T.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, vocab_size=256, use_cache=False)
-    m = T.LlamaForCausalLM(c).eval()
+    m = tiny_llama()
     with torch.no_grad():                         # outlier channels in the residual stream, as in the 09-quant bar
         m.model.embed_tokens.weight[:, torch.tensor([3, 40])] *= 30.0
     m = Logits(m).eval()

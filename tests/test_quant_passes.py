@@ -5,28 +5,17 @@ import pytest
 import torch
 
 import nnfuse
+from torch_util import Logits, tiny_llama
 from nnfuse.api import to_graph
 from nnfuse.ir import NnfuseError, evaluate, parse, print_graph
 from nnfuse.passes import optimize
 from nnfuse.passes.quant.report import compare, layer_act_sqnr, sensitivity
 
 
-class Logits(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, ids):
-        return self.m(ids).logits
-
 
 @pytest.fixture(scope="module")
 def llama():
-    import transformers as T
-    torch.manual_seed(0)
-    c = T.LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, vocab_size=256, use_cache=False)
-    m = T.LlamaForCausalLM(c).eval()
+    m = tiny_llama()
     with torch.no_grad():                       # non-trivial RMSNorm gains, so folding them is tested
         for n, p in m.named_parameters():
             if "norm" in n:

@@ -46,6 +46,14 @@ def rows_are_positions(k: Conv) -> bool:
     return fill(geo.mg) > fill(sp) + 0.05 or (fill(geo.mg) >= fill(sp) and K >= 256 and K * geo.mg * 4 <= 1 << 20)
 
 
+def _task_loop(ngp: int, mc: int, rows: int, pt: int, npan: int) -> str:
+    """The head of a pool body over (row block) x (panel group) tasks: rows [_m0, _m1), panels [_pa, _pb)."""
+    return (f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
+            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
+            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {rows} ? _m0 + {mc} : {rows};\n"
+            f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n")
+
+
 def emit_forward(w, k: Conv, geo) -> str:
     N, G, Cg, Mg, KK = geo.n, geo.groups, geo.cg, geo.mg, geo.taps
     osp, ks = geo.out_spatial, geo.kernel
@@ -73,10 +81,7 @@ def emit_forward(w, k: Conv, geo) -> str:
         a = f"{wp} + {Wt.offset} + _g*{-(-Mg // 6) * 6 * K} + (_m0 / 6)*{6 * K}, {6 * K}, 1, 6"
     else:
         a = f"{wp} + {Wt.offset} + _g*{Mg * K} + _m0*{K}, {6 * K}, {K}, 1"
-    body = (f"  const float* _B = nnf_f32_buf;\n  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
-            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
-            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {Mg} ? _m0 + {mc} : {Mg};\n"
-            f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npan} ? _pa + {pt} : {npan};\n"
+    body = ("  const float* _B = nnf_f32_buf;\n" + _task_loop(ngp, mc, Mg, pt, npan) +
             f"    float* _O = {o} + {O.offset} + _n*{son} + _g*{Mg * som};\n"
             f"    nnf_gemm_pk(_m1 - _m0, {SP}, {K}, 1.0f, {a}, 0, _B, 64, _pa, _pb, "
             f"_O + _m0*{som}, {som});\n")
@@ -141,10 +146,7 @@ def emit_direct(w, k: Conv, geo) -> str:
             f"  int64_t _koff[{K}];   /* A's offset for each k = (c, ky, kx) */\n"
             f"  for (int64_t _c = 0, _r = 0; _c < {Cg}; _c++) for (int64_t _ky = 0; _ky < {KH}; _ky++)\n"
             f"    for (int64_t _kx = 0; _kx < {KW}; _kx++) _koff[_r++] = _c*{plane} + _ky*{dy * PW} + _kx*{dx};\n"
-            f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
-            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
-            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {NV} ? _m0 + {mc} : {NV};\n"
-            f"    int64_t _pa = _tp * {pt_}, _pb = _pa + {pt_} < {npm} ? _pa + {pt_} : {npm};\n"
+            + _task_loop(ngp, mc, NV, pt_, npm) +
             f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, 0, _koff, "
             f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_direct']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n"
             # the real output positions of virtual rows [_m0, _m1): whole rows of OW, cut at OW within a row
@@ -232,11 +234,7 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
         s += _im2col(w, k, geo, False, str(SP), 64, SP)
         a_base, sak = "nnf_f32_buf", SP
     pt, ngp, mc, nm = task_split(npm, SP, 8)
-    body = (f"  const float* _A = {a_base}; float* _Ct = nnf_f32_buf + {colsz};\n"
-            f"  for (int64_t _t = _lo; _t < _hi; _t++) {{\n"
-            f"    int64_t _tm = _t / {ngp}, _tp = _t % {ngp};\n"
-            f"    int64_t _m0 = _tm * {mc}, _m1 = _m0 + {mc} < {SP} ? _m0 + {mc} : {SP};\n"
-            f"    int64_t _pa = _tp * {pt}, _pb = _pa + {pt} < {npm} ? _pa + {pt} : {npm};\n"
+    body = (f"  const float* _A = {a_base}; float* _Ct = nnf_f32_buf + {colsz};\n" + _task_loop(ngp, mc, SP, pt, npm) +
             f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, 0, "
             f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_rows_are_positions']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
     body += _epilogue(w, k, geo, "_pa * 64", "(_pb * 64 < " + str(Mg) + " ? _pb * 64 : " + str(Mg) + ")", "_m0", "_m1",
@@ -245,6 +243,21 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
     work = Mg * K * SP
     s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
     return s + "  }\n"
+
+
+def _tap_nest(k: Conv, ks: tuple, KK: int, extents: tuple, ind: str) -> tuple[str, str]:
+    """For im2col row _r = (c, k0, k1, ...): its channel _c and taps _k{j}, then loops over the tap's positions
+    _o{j} on every axis but the last with their input index _i{j}. Returns (code, indent inside the loops)."""
+    t = f"{ind}int64_t _c = _r / {KK}; (void)_c;\n"
+    rem = KK
+    for j in range(len(ks)):
+        rem //= ks[j]
+        t += f"{ind}int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
+    for j in range(len(ks) - 1):
+        t += f"{ind}for (int64_t _o{j} = 0; _o{j} < {extents[j]}; _o{j}++) {{\n"
+        ind += "  "
+        t += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+    return t, ind
 
 
 def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> str:
@@ -264,16 +277,8 @@ def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> 
     if plain:
         body += f"    nnf_row_put(_d, {ps}, 0, {SP}, _x + _r*{sxc}, 1);\n"
     else:
-        body += f"    int64_t _c = _r / {KK}; (void)_c;\n"
-        rem = KK
-        for j in range(nd):
-            rem //= ks[j]
-            body += f"    int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
-        ind = "    "
-        for j in range(nd - 1):
-            body += f"{ind}for (int64_t _o{j} = 0; _o{j} < {osp[j]}; _o{j}++) {{\n"
-            ind += "  "
-            body += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+        nest, ind = _tap_nest(k, ks, KK, osp, "    ")
+        body += nest
         L = nd - 1
         sm, st, dl, pd = osp[L], k.strides[L], k.dilations[L], k.pads[L]
         q0 = " + ".join([f"_o{j}*{math.prod(osp[j + 1:])}" for j in range(nd - 1)] + ["0"])
@@ -355,17 +360,9 @@ def emit_transpose(w, k: Conv, geo) -> str:
     s += f"    for (int64_t _m = 0; _m < {Mg}; _m++) for (int64_t _p = 0; _p < {BP}; _p++) _O[_m*{som} + _p] = 0.0f;\n"
     # rows of one output channel must not be scattered by two threads at once: parallel over channels only
     t = f"    #pragma omp parallel for schedule(static) num_threads(nnf_get_threads())\n    for (int64_t _cc = 0; _cc < {Mg}; _cc++) for (int64_t _r = _cc*{KK}; _r < (_cc+1)*{KK}; _r++) {{\n"
-    t += f"      int64_t _c = _r / {KK}; (void)_c;\n"
-    rem = KK
-    for j in range(nd):
-        rem //= ks[j]
-        t += f"      int64_t _k{j} = (_r / {rem}) % {ks[j]};\n"
     t += f"      float* restrict _d = {col} + _r*{SP};\n"
-    ind = "      "
-    for j in range(nd - 1):
-        t += f"{ind}for (int64_t _o{j} = 0; _o{j} < {small[j]}; _o{j}++) {{\n"
-        ind += "  "
-        t += f"{ind}int64_t _i{j} = _o{j}*{k.strides[j]} - {k.pads[j]} + _k{j}*{k.dilations[j]};\n"
+    nest, ind = _tap_nest(k, ks, KK, small, "      ")
+    t += nest
     soff = " + ".join([f"_o{j}*{math.prod(small[j + 1:])}" for j in range(nd - 1)] + ["0"])
     boff = " + ".join([f"_i{j}*{math.prod(big[j + 1:])}" for j in range(nd - 1)] + ["0"])
     L = nd - 1
