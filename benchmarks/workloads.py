@@ -36,24 +36,33 @@ def torch_workload(name: str):
     raise KeyError(name)
 
 
-def resnet50_path(tmpdir: str, random_weights: bool = True) -> str:
-    """The onnx wheel's light resnet50; its weights are all 0.02 (foldable), so by default re-randomize them."""
+def randomize_light_weights(m, seed: int = 0) -> int:
+    """The onnx wheel's light models make every weight with a ConstantOfShape node filled with 0.02, so their
+    output is the same for any input: replace each weight-shaped (rank >= 2) fill by a random He-scaled
+    initializer of the same shape (the same architecture, with numerics that mean something). Returns how many."""
     import numpy as np
-    import onnx
     from onnx import numpy_helper
+    rng = np.random.default_rng(seed)
+    shapes = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    n_done = 0
+    for n in list(m.graph.node):
+        if n.op_type == "ConstantOfShape" and n.input[0] in shapes and len(shapes[n.input[0]]) >= 2:
+            shp = [int(d) for d in shapes[n.input[0]]]
+            w = rng.standard_normal(shp) * np.sqrt(2 / int(np.prod(shp[1:])))
+            m.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), n.output[0]))
+            m.graph.node.remove(n)
+            n_done += 1
+    return n_done
+
+
+def resnet50_path(tmpdir: str, random_weights: bool = True) -> str:
+    """The onnx wheel's light resnet50, by default with random conv/fc weights (`randomize_light_weights`)."""
+    import onnx
     src = glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_resnet50.onnx"))[0]
     if not random_weights:
         return src
     m = onnx.load(src)
-    rng = np.random.default_rng(0)
-    for init in m.graph.initializer:
-        a = numpy_helper.to_array(init)
-        if a.dtype == np.float32 and a.size > 1:
-            fan = max(1, a[0].size if a.ndim > 1 else a.size)
-            new = (rng.standard_normal(a.shape) * np.sqrt(1.0 / fan)).astype(np.float32)
-            if a.ndim == 1:   # BN params / biases: keep variances positive
-                new = np.abs(new) + 0.5
-            init.CopyFrom(numpy_helper.from_array(new, init.name))
+    randomize_light_weights(m)
     path = os.path.join(tmpdir, "resnet50_random.onnx")
     onnx.save(m, path)
     return path

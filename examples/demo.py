@@ -17,6 +17,8 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 import nnfuse  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from workloads import randomize_light_weights  # noqa: E402
 from nnfuse.ir import NnfuseError  # noqa: E402
 from nnfuse.timing import median_latency  # noqa: E402
 
@@ -136,17 +138,7 @@ def onnx_demo() -> None:
         path = sorted(glob.glob(os.path.join(root, "*.onnx")))[0]
     banner(f"2. ONNX light model {os.path.basename(path)} (shipped in the onnx wheel) via the ONNX frontend")
     m = onnx.load(path)
-    # The light models ship every weight equal to 0.02, so their output is the same for any input.
-    # Give the conv/fc weights random He-scaled values (same architecture) so the comparison means something.
-    # (They are produced at run time by ConstantOfShape nodes, which we replace by random initializers.)
-    rng = np.random.default_rng(0)
-    shapes = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
-    for n in list(m.graph.node):
-        if n.op_type == "ConstantOfShape" and n.input[0] in shapes and len(shapes[n.input[0]]) >= 2:
-            shp = [int(d) for d in shapes[n.input[0]]]
-            w = rng.standard_normal(shp) * np.sqrt(2 / int(np.prod(shp[1:])))
-            m.graph.initializer.append(onnx.numpy_helper.from_array(w.astype(np.float32), n.output[0]))
-            m.graph.node.remove(n)
+    randomize_light_weights(m)   # the shipped weights are all 0.02: the output would not depend on the input
     path = os.path.join(tempfile.mkdtemp(), "random_" + os.path.basename(path))
     onnx.save(m, path)
     print("  (conv/fc weights replaced by random He-scaled values: the shipped ones are all 0.02)")

@@ -13,6 +13,7 @@ from .graphutil import const_data, remove_dead
 from .manager import PassContext, PassError, register_pass
 
 FOLD_MAX_ELEMENTS = 1 << 20  # a folded result larger than this is kept only when it replaces its inputs
+WEIGHT_OPERAND = {"conv": 1, "conv_transpose": 1, "matmul": 1, "gemm": 1}   # the operand a backend packs
 
 
 # ---- infer-shapes
@@ -81,14 +82,21 @@ def fold_constants(g: Graph, ctx: PassContext) -> dict:
     """Evaluate nodes whose operands are all constants (reference semantics) into new constants."""
     cap = int(ctx.get("fold_max_elements", FOLD_MAX_ELEMENTS))
     folded = skipped = 0
-    uses = g.use_counts()
+    uses, users = g.use_counts(), g.users()
+    outputs = {v.id for v in g.outputs}
     for n in list(g.nodes):
         if not _foldable(n):
             continue
         size = sum(o.type.numel if isinstance(o.type.numel, int) else cap + 1 for o in n.outputs)
-        # A big result is worth it only when it replaces its inputs (e.g. a weight transpose), not duplicates them.
+        # A big result is worth it only when it replaces its inputs (e.g. a weight transpose), not duplicates them,
+        # or when a fill (no big inputs: constant_of_shape) is only read as a weight: the backend packs a constant
+        # weight at compile time; left as a fill it is rewritten on every call and read unpacked (ONNX light
+        # models make every weight that way: resnet50's biggest convs ran 1.5x slower).
         big_inputs = [v for v in n.inputs if v.data.size > 1]
-        if size > cap and not (big_inputs and all(uses.get(v.id, 0) == 1 for v in big_inputs)):
+        weight_fill = not big_inputs and all(
+            o.id not in outputs and users.get(o.id) and
+            all(u.inputs.index(o) == WEIGHT_OPERAND.get(u.op) for u in users[o.id]) for o in n.outputs)
+        if size > cap and not weight_fill and not (big_inputs and all(uses.get(v.id, 0) == 1 for v in big_inputs)):
             skipped += 1
             continue
         outs = run_node(n, [v.data for v in n.inputs])
@@ -99,7 +107,7 @@ def fold_constants(g: Graph, ctx: PassContext) -> dict:
             g.replace_uses(o, c)
         g.nodes.remove(n)
         folded += 1
-        uses = g.use_counts()
+        uses, users = g.use_counts(), g.users()
     dropped = g.remove_unused_constants()
     return {"folded": folded, "skipped_size": skipped, "constants_dropped": dropped}
 
