@@ -13,7 +13,6 @@ from .graphutil import const_data, remove_dead
 from .manager import PassContext, PassError, register_pass
 
 FOLD_MAX_ELEMENTS = 1 << 20  # a folded result larger than this is kept only when it replaces its inputs
-WEIGHT_OPERAND = {"conv": 1, "conv_transpose": 1, "matmul": 1, "gemm": 1}   # the operand a backend packs
 
 
 # ---- infer-shapes
@@ -95,7 +94,8 @@ def fold_constants(g: Graph, ctx: PassContext) -> dict:
         big_inputs = [v for v in n.inputs if v.data.size > 1]
         weight_fill = not big_inputs and all(
             o.id not in outputs and users.get(o.id) and
-            all(u.inputs.index(o) == WEIGHT_OPERAND.get(u.op) for u in users[o.id]) for o in n.outputs)
+            all(u.op in OPS and u.inputs.index(o) == OPS[u.op].extra.get("weight_operand") for u in users[o.id])
+            for o in n.outputs)
         if size > cap and not weight_fill and not (big_inputs and all(uses.get(v.id, 0) == 1 for v in big_inputs)):
             skipped += 1
             continue

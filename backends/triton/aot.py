@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Sequence
 
 from ...ir.errors import NnfuseError
@@ -28,7 +29,8 @@ from .kernels import write_kernel
 SIG = {"f64": "*fp64", "f32": "*fp32", "f16": "*fp16", "bf16": "*bf16", "i64": "*i64", "i32": "*i32", "i16": "*i16",
        "i8": "*i8", "u8": "*u8", "bool": "*i1"}
 
-# The child: job (JSON) on stdin, {kernel: {arch: base64 cubin}} or {"error": ...} on stdout.
+# The child: job (JSON) on stdin; writes {kernel: {arch: base64 cubin}} or {"error": ...} to job["result"]
+# (a file, not stdout: triton or the generated module may print).
 _CHILD = r"""
 import base64, importlib.util, json, sys
 job = json.load(sys.stdin)
@@ -48,11 +50,14 @@ for k in job["kernels"]:
             c = triton.compile(ast, target=GPUTarget("cuda", cc, 32),
                                options={"num_warps": k["num_warps"], "num_stages": k["num_stages"]})
         except Exception as e:
-            json.dump({"error": {"kernel": k["name"], "kind": k["kind"], "arch": arch,
-                                 "message": f"{type(e).__name__}: {str(e)[:2000]}"}}, sys.stdout)
-            sys.exit(0)
+            out = {"error": {"kernel": k["name"], "kind": k["kind"], "arch": arch,
+                             "message": f"{type(e).__name__}: {str(e)[:2000]}"}}
+            break
         out.setdefault(k["name"], {})[arch] = base64.b64encode(c.asm["cubin"]).decode()
-json.dump(out, sys.stdout)
+    if "error" in out:
+        break
+with open(job["result"], "w") as f:
+    json.dump(out, f)
 """
 
 
@@ -73,12 +78,16 @@ def compile_for_targets(p: Program, archs: Sequence[str] = ("sm_80", "sm_90"), *
         sig.update({c: "constexpr" for c in launch.consts})
         kernels.append({"name": k.name, "kind": k.kind, "sig": sig, "consts": dict(launch.consts),
                         "num_warps": launch.num_warps, "num_stages": launch.num_stages})
-    job = {"module": name + "_aot", "path": path, "archs": list(archs), "kernels": kernels}
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    r = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(job), capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise TritonCompileError(f"triton AOT compile of {path} failed (exit {r.returncode}): {r.stderr[-2000:]}")
-    res = json.loads(r.stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        job = {"module": name + "_aot", "path": path, "archs": list(archs), "kernels": kernels, "result": result}
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        r = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(job), capture_output=True, text=True,
+                           env=env)
+        if r.returncode != 0 or not os.path.exists(result):
+            raise TritonCompileError(f"triton AOT compile of {path} failed (exit {r.returncode}): {r.stderr[-2000:]}")
+        with open(result) as f:
+            res = json.load(f)
     if "error" in res:
         e = res["error"]
         raise TritonCompileError(f"triton failed to compile kernel {e['kernel']} ({e['kind']}) for {e['arch']}: "

@@ -27,7 +27,7 @@ def _matmul(a, b):
     return np.matmul(_acc(a), _acc(b)).astype(a.dtype)
 
 
-register("matmul", "matmul", _matmul_infer, _matmul, arity=(2, 2))
+register("matmul", "matmul", _matmul_infer, _matmul, arity=(2, 2), weight_operand=1)
 
 
 def _gemm_infer(ts, attrs):
@@ -55,7 +55,7 @@ def _gemm(a, b, c=None, alpha=1.0, beta=1.0, trans_a=False, trans_b=False):
 
 register("gemm", "matmul", _gemm_infer, _gemm,
          {"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0), "trans_a": Attr("bool", False), "trans_b": Attr("bool", False)},
-         arity=(2, 3))
+         arity=(2, 3), weight_operand=1)
 
 
 def _norm_axes(axis, rank):

@@ -114,7 +114,7 @@ def _conv(x, w, b=None, strides=None, pads=None, dilations=None, groups=1):
     return y.astype(x.dtype)
 
 
-register("conv", "conv", _conv_infer, _conv, _CONV_ATTRS, arity=(2, 3))
+register("conv", "conv", _conv_infer, _conv, _CONV_ATTRS, arity=(2, 3), weight_operand=1)
 
 
 def _convt_sizes(op, x, k, s, p, d, op_pad):
@@ -179,7 +179,8 @@ def _conv_transpose(x, w, b=None, strides=None, pads=None, dilations=None, group
     return y.astype(x.dtype)
 
 
-register("conv_transpose", "conv", _convt_infer, _conv_transpose, {**_CONV_ATTRS, "output_padding": Attr("ints", None)}, arity=(2, 3))
+register("conv_transpose", "conv", _convt_infer, _conv_transpose, {**_CONV_ATTRS, "output_padding": Attr("ints", None)}, arity=(2, 3),
+         weight_operand=1)
 
 
 # ---------------------------------------------------------------- pooling
