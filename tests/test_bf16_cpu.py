@@ -224,3 +224,40 @@ def test_conv_weight_widened_at_run_time_reads_the_bf16_constant():
     g2 = g2.output(g2.op("conv", x2, w2, pads=[1, 1, 1, 1]))
     cm2 = nnfuse.compile(g2, [xv], backend="cpu", opt_level=0, accuracy_report=False)
     assert not any(k.meta.get("bf16_packed") for k in cm2.program.kernels)
+
+
+@pytest.mark.parametrize("cin,hw,pads,batch", [(16, 20, (1, 1, 1, 1), 2), (34, 24, (2, 1, 0, 2), 1)])
+def test_direct_conv_matches_reference_and_paths_agree(cin, hw, pads, batch):
+    """A stride-1 3x3 conv on a wide image reads the zero-padded NHWC copy in place (no im2col): against the
+    reference with the same rounding, against the im2col form of the same conv, and widening vs dpbf16. Two images
+    check that the border stays zero across images; the second case has uneven pads and k blocks that end inside
+    a ky run (34 channels: 51 pairs per run)."""
+    cout = 40
+    b = Builder("direct")
+    x = b.input("x", [batch, cin, hw, hw])
+    w = b.const((rng.standard_normal((cout, cin, 3, 3)) / np.sqrt(9 * cin)).astype(np.float32), "w")
+    bias = b.const(rng.standard_normal((1, cout, 1, 1)).astype(np.float32), "bias")
+    y = b.op("relu", b.op("add", b.op("conv", x, w, pads=list(pads)), bias))
+    g = b.output(y)
+    xs = rng.standard_normal((batch, cin, hw, hw)).astype(np.float32)
+    cm = nnfuse.compile(g, [xs], backend="cpu", precision="bf16", threads=2, accuracy_report=False)
+    conv = next(k for k in cm.program.kernels if k.kind == "conv")
+    assert conv.meta.get("bf16_direct"), "expected the direct form for a stride-1 conv on a wide image"
+    got = np.asarray(cm(xs))
+    ref = np.asarray(nnfuse.compile(g, [xs], backend="reference", precision="bf16")(xs))
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
+    np.testing.assert_allclose(wide([xs])[0], got, rtol=1e-4, atol=1e-4 * np.abs(got).max())
+    kcp, offs = cbf16.direct_blocks(cin, 3, hw + pads[1] + pads[3], 9 * cin)
+    assert all(kcp * i * 2 // (3 * cin) == (kcp * (i + 1) * 2 - 1) // (3 * cin) for i in range(len(offs)))  # inside one ky
+
+
+def test_direct_conv_is_not_taken_where_it_does_not_apply():
+    b = Builder("nodirect")
+    x = b.input("x", [1, 16, 8, 8])
+    w = b.const(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w")
+    g = b.output(b.op("conv", b.op("conv", x, w, pads=[1, 1, 1, 1], strides=[2, 2]), w, pads=[1, 1, 1, 1]))
+    cm = nnfuse.compile(g, [np.zeros((1, 16, 8, 8), np.float32)], backend="cpu", precision="bf16", accuracy_report=False)
+    convs = [k for k in cm.program.kernels if k.kind == "conv"]
+    # strided; then 4x4 output with pad 1 on each side: 6 - 4 wastes 50 % of the virtual grid
+    assert [bool(k.meta.get("bf16_direct")) for k in convs] == [False, False]
