@@ -210,3 +210,36 @@ def test_kernel_paths_report_what_the_target_has():
     macros = target_macros(find_compiler())
     want = "avx512" if "__AVX512F__" in macros else "avx2" if "__AVX2__" in macros else ""
     assert paths["f32"].startswith(want) and "int8" not in paths   # no quantized kernels in this model
+
+
+POOL_CHECK = r"""
+static _Atomic int nnf_hits[4096];
+static void nnf_mark(void* ctx, int64_t lo, int64_t hi) {
+  (void)ctx;
+  for (int64_t i = lo; i < hi; i++) atomic_fetch_add(&nnf_hits[i], 1);
+}
+/* every index of [0, total) exactly once, for chunkings that divide and do not divide the total */
+int pool_check(int threads) {
+  nnf_set_threads(threads);
+  int bad = 0;
+  const int64_t totals[] = {1, 2, 3, 7, 64, 100, 1000, 4096};
+  for (int t = 0; t < 8; t++) for (int64_t chunk = 1; chunk <= 17; chunk += 4) {
+    for (int i = 0; i < 4096; i++) atomic_store(&nnf_hits[i], 0);
+    nnf_parallel(nnf_mark, 0, totals[t], chunk);
+    for (int64_t i = 0; i < 4096; i++) bad += atomic_load(&nnf_hits[i]) != (i < totals[t]);
+  }
+  return bad;
+}
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_pool_runs_every_chunk_once(threads):
+    """The pool's shares (each thread its own contiguous range first, then the others'): every index of every job
+    exactly once, with more threads than cores too (a worker that never shows up leaves its share to the others)."""
+    import ctypes
+    from nnfuse.backends.cpu import build
+    from nnfuse.backends.cpu.codegen import ABI_VERSION, PRELUDE
+    path, _, _ = build(PRELUDE % {"abi": ABI_VERSION} + POOL_CHECK)
+    lib = ctypes.CDLL(path)
+    assert lib.pool_check(threads) == 0

@@ -96,7 +96,10 @@ def test_convs_resnet_like():
              # 64 / 128 output channels fill the panels better than the positions: rows = positions (transposed)
              ((64, 16, 3, 3), {"pads": [1, 1, 1, 1]}, True, True, True),
              ((128, 16, 1, 1), {}, True, True, True),
-             ((64, 16, 1, 1), {"strides": [2, 2]}, False, False, False)]
+             ((64, 16, 1, 1), {"strides": [2, 2]}, False, False, False),
+             # rows = positions with a dilated tap, and asymmetric pads at stride 2 (the im2col by output rows)
+             ((64, 16, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, True, False, False),
+             ((64, 16, 3, 3), {"pads": [0, 1, 2, 0], "strides": [2, 2]}, False, True, False)]
     for hw in (7, 14, 9):
         g = _conv_graph(rng, cases, (1, 16, hw, hw))
         exe = check(g, [rng.standard_normal((1, 16, hw, hw)).astype(np.float32)], rtol=1e-4, atol=1e-4)

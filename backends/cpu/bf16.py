@@ -474,9 +474,9 @@ def emit_conv_nhwc(w, k: Conv) -> str:
     val = em.expr(k.epilogue) if k.epilogue is not None else "_acc"
     ref = f"{o}[{O.offset} + _n*{son} + _m*{som} + _p]"
     rb = max(1, 64 // OW)   # blocks of 16 channels x whole output rows (~64 positions): no division per element
-    nrb = _cdiv(OH, rb)
-    s += _pooled(w, _cdiv(M, 16) * nrb, SP * M, pre,
-                 f"    int64_t _mb = (_i / {nrb}) * 16, _r0 = (_i % {nrb}) * {rb};\n"
+    nmb = _cdiv(M, 16)      # row-block major: a thread's share of the blocks is a share of the rows (the pool's shares)
+    s += _pooled(w, nmb * _cdiv(OH, rb), SP * M, pre,
+                 f"    int64_t _r0 = (_i / {nmb}) * {rb}, _mb = (_i % {nmb}) * 16;\n"
                  f"    for (int64_t _m = _mb; _m < _mb + 16 && _m < {M}; _m++)\n"
                  f"      for (int64_t _p0 = _r0; _p0 < _r0 + {rb} && _p0 < {OH}; _p0++)\n"
                  f"        for (int64_t _p1 = 0; _p1 < {OW}; _p1++) {{\n"

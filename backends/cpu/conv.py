@@ -125,18 +125,19 @@ def emit_direct(w, k: Conv, geo) -> str:
     padded = any((pt, pl, pb, pr))
     s = f"  float* _xp = nnf_f32_scratch({(Cg * plane if padded else 0) + NV * ldt}); (void)_xp;\n"
     s += f"  for (int64_t _n = 0; _n < {N}; _n++) for (int64_t _g = 0; _g < {G}; _g++) {{\n"
-    if padded:   # the zero-padded input, a channel plane per task
+    if padded:   # the zero-padded input, by rows (all channels): the pool's thread that takes a block of rows
+        # here takes the same rows in the gemm below, and wrote them in the conv before (its share of the rows)
         body = (f"  const float* _x = {x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
-                f"  for (int64_t _c = _lo; _c < _hi; _c++) {{\n"
-                f"    float* restrict _d = nnf_f32_buf + _c*{plane}; const float* restrict _s = _x + _c*{sxc};\n"
-                f"    for (int64_t _y = 0; _y < {PH}; _y++) {{\n"
-                f"      float* restrict _dr = _d + _y*{PW}; int64_t _iy = _y - {pt};\n"
+                f"  for (int64_t _y = _lo; _y < _hi; _y++) {{\n"
+                f"    int64_t _iy = _y - {pt};\n"
+                f"    for (int64_t _c = 0; _c < {Cg}; _c++) {{\n"
+                f"      float* restrict _dr = nnf_f32_buf + _c*{plane} + _y*{PW}; const float* restrict _s = _x + _c*{sxc};\n"
                 f"      if (_iy < 0 || _iy >= {IH}) {{ for (int64_t _i = 0; _i < {PW}; _i++) _dr[_i] = 0.0f; continue; }}\n"
                 f"      for (int64_t _i = 0; _i < {pl}; _i++) _dr[_i] = 0.0f;\n"
                 f"      for (int64_t _i = 0; _i < {IW}; _i++) _dr[{pl} + _i] = _s[_iy*{IW} + _i];\n"
                 f"      for (int64_t _i = {pl + IW}; _i < {PW}; _i++) _dr[_i] = 0.0f;\n"
                 f"    }}\n  }}\n")
-        s += "  " + w.parallel(Cg, max(1, Cg // 16) if Cg * plane >= 16384 else Cg, body, ("_n", "_g")).lstrip()
+        s += "  " + w.parallel(PH, max(1, PH // 16) if Cg * plane >= 16384 else PH, body, ("_n", "_g")).lstrip()
         a_base = "nnf_f32_buf"
     else:
         a_base = f"{x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc}"
@@ -231,7 +232,7 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
     if plain:
         a_base, sak = f"{x} + {X.offset} + _n*{sxn} + _g*{Cg * sxc}", sxc
     else:
-        s += _im2col(w, k, geo, False, str(SP), 64, SP)
+        s += _im2col_by_rows(w, k, geo) if len(geo.kernel) == 2 else _im2col(w, k, geo, False, str(SP), 64, SP)
         a_base, sak = "nnf_f32_buf", SP
     pt, ngp, mc, nm = task_split(npm, SP, 8)
     body = (f"  const float* _A = {a_base}; float* _Ct = nnf_f32_buf + {colsz};\n" + _task_loop(ngp, mc, SP, pt, npm) +
@@ -307,6 +308,36 @@ def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> 
         body += f"    nnf_row_put(_d, {ps}, {SP}, {padded - SP}, 0, 0);\n"
     body += "  }\n"
     return "  " + w.parallel(K, max(1, K // 16), body, ("_n", "_g")).lstrip()
+
+
+def _im2col_by_rows(w, k: Conv, geo) -> str:
+    """The row-major col[K, SP] of a 2-D conv (row r = (c, ky, kx) at r*SP) into nnf_f32_buf, the pool's tasks
+    being blocks of output rows (all K rows of each): a thread's share is a share of the positions, the same one
+    it computes in the positions-as-rows gemm that follows and that it wrote in the conv before (the pool's
+    shares), so the im2col reads and the gemm's A come from its own cache, not the other core's."""
+    Cg, KK = geo.cg, geo.taps
+    (IH, IW), (OH, OW), (KH, KW) = geo.in_spatial, geo.out_spatial, geo.kernel
+    (sy, sx), (dy, dx), (py, px) = k.strides, k.dilations, k.pads[:2]
+    X = k.x
+    sxn, sxc = X.strides[0], X.strides[1]
+    SP, K = OH * OW, Cg * KK
+    body = (f"  const float* _x = {w.bn(X.buf)} + {X.offset} + _n*{sxn} + _g*{Cg * sxc};\n"
+            f"  for (int64_t _oy = _lo; _oy < _hi; _oy++) {{\n"
+            f"    for (int64_t _c = 0; _c < {Cg}; _c++) for (int64_t _ky = 0; _ky < {KH}; _ky++) {{\n"
+            f"      int64_t _iy = _oy*{sy} - {py} + _ky*{dy};\n"
+            f"      float* _dc = nnf_f32_buf + ((_c*{KH} + _ky)*{KW})*{SP} + _oy*{OW};\n"
+            f"      if (_iy < 0 || _iy >= {IH}) {{\n"
+            f"        for (int64_t _kx = 0; _kx < {KW}; _kx++) for (int64_t _o = 0; _o < {OW}; _o++) _dc[_kx*{SP} + _o] = 0.0f;\n"
+            f"        continue;\n      }}\n"
+            f"      const float* _xr = _x + _c*{sxc} + _iy*{IW};\n"
+            f"      for (int64_t _kx = 0; _kx < {KW}; _kx++) {{\n"
+            f"        int64_t _sh = _kx*{dx} - {px}, _a, _b; nnf_tap_range(_sh, {sx}, {IW}, 0, {OW}, &_a, &_b);\n"
+            f"        float* restrict _dr = _dc + _kx*{SP}; const float* restrict _xs = _xr + _sh;\n"
+            f"        for (int64_t _o = 0; _o < _a; _o++) _dr[_o] = 0.0f;\n"
+            f"        for (int64_t _o = _a; _o < _b; _o++) _dr[_o] = _xs[_o*{sx}];\n"
+            f"        for (int64_t _o = _b; _o < {OW}; _o++) _dr[_o] = 0.0f;\n"
+            f"      }}\n    }}\n  }}\n")
+    return "  " + w.parallel(OH, max(1, OH // 16), body, ("_n", "_g")).lstrip()
 
 
 def _epilogue(w, k: Conv, geo, c0: str, c1: str, q0: str, q1: str, src: str = "") -> str:
