@@ -261,3 +261,38 @@ def test_direct_conv_is_not_taken_where_it_does_not_apply():
     convs = [k for k in cm.program.kernels if k.kind == "conv"]
     # strided; then 4x4 output with pad 1 on each side: 6 - 4 wastes 50 % of the virtual grid
     assert [bool(k.meta.get("bf16_direct")) for k in convs] == [False, False]
+
+
+@pytest.mark.parametrize("half", ["bf16", "f16"])
+def test_cast_to_half_inside_an_expression_rounds(half):
+    """cast(cast(x, bf16/f16), f32) inside one pointwise kernel (no half-precision buffer in between) rounds as the
+    reference does: the C computes half values in float, so the cast itself must round (it once was a no-op)."""
+    b = Builder("rnd")
+    x = b.input("x", [4, 1000])
+    y = b.op("add", b.op("mul", b.op("cast", b.op("cast", x, to=half), to="f32"), b.const(np.float32(3.0), "three")),
+             b.const(np.float32(1.0), "one"))
+    g = b.output(y)
+    xs = (rng.standard_normal((4, 1000)) * 10).astype(np.float32)
+    got = np.asarray(nnfuse.compile(g, [xs], backend="cpu")(xs))
+    want = np.asarray(nnfuse.compile(g, [xs], backend="reference")(xs))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, xs * 3 + 1)   # the rounding is visible at these magnitudes
+
+
+def test_bf16_conv_reads_the_unrounded_input_it_rounds_itself():
+    """The policy rounds a conv's input (a kernel of its own when it cannot join the producer); the bf16 conv rounds
+    while it builds its NHWC copy anyway, so that kernel is dropped and the conv reads the producer's buffer."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+    m = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                            torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 24, 24)
+    cm = nnfuse.compile(m, (x,), backend="cpu", precision="bf16", accuracy_report=False)
+    p = cm.executable.program
+    convs = [k for k in p.kernels if k.kind == "conv"]
+    assert all(k.meta.get("bf16_packed") for k in convs)
+    roundings = [k for k in p.kernels if k.kind == "pointwise" and "cast(cast(" in str(k.stores).replace("Op(dtype=f32, op='cast', args=(Op(dtype=bf16, op='cast'", "cast(cast(")]
+    assert not roundings
+    ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
+    want = np.asarray(ref(x))
+    np.testing.assert_allclose(np.asarray(cm(x)), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())

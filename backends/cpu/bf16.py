@@ -272,9 +272,10 @@ def pack_program(p: Program) -> int:
     """Give every packable bf16 gemm / conv its own packed copy of the weight (a new const buffer), at compile time."""
     done: dict[tuple, Buffer] = {}
     n = 0
-    from .bf16_fold import fold_epilogues, input_rounded, read_cast_weights, writers_of
+    from .bf16_fold import drop_input_roundings, fold_epilogues, input_rounded, read_cast_weights, writers_of
     read_cast_weights(p)
     writers = writers_of(p)
+    convs = []
     for k in p.kernels:
         if isinstance(k, Conv) and conv_packable(k) and input_rounded(k, writers):
             src = p.const_data[k.w.buf.index]
@@ -286,6 +287,7 @@ def pack_program(p: Program) -> int:
             nb = add_const(p, arr, k.w.buf.label + " (bf16 packed)", to_dtype("bf16"))
             k.w = Access(nb, 0, (1,))
             k.meta["bf16_packed"] = True
+            convs.append(k)
             n += 1
             continue
         if not (isinstance(k, Gemm) and packable(k)):
@@ -305,6 +307,9 @@ def pack_program(p: Program) -> int:
         n += 1
     if n:   # the unpacked bf16 weights that no kernel reads any more are dropped from the call
         drop_unread(p, ("bf16", "f32"))
+        if drop_input_roundings(p, convs):
+            from .bf16_fold import _replan
+            _replan(p)
         fold_epilogues(p)
     return n
 

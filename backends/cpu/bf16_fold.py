@@ -52,6 +52,8 @@ def _rounded(buf: Buffer, writers: dict, depth: int) -> bool:
     ws = writers.get(id(buf), [])
     if not ws or depth < 0:
         return False
+    if _rounds_whole(ws[-1], buf):   # rounded in place after its producer (a max-pool's output): what the conv reads
+        return True
     for k in ws:
         if isinstance(k, Pointwise):
             es = [e for a, e in k.stores if a.buf is buf]
@@ -68,6 +70,55 @@ def _rounded(buf: Buffer, writers: dict, depth: int) -> bool:
                     and _rounded(e.access.buf, writers, depth - 1)):
                 return False
     return True
+
+
+def _rounding(q, buf: Buffer):
+    """The source load of q if q is `buf[i] = cast(cast(src[i], bf16), f32)` over all of buf (src may be buf: in
+    place), else None."""
+    if not (isinstance(q, Pointwise) and len(q.stores) == 1 and len(q.domain) == 1):
+        return None
+    dst, e = q.stores[0]
+    inner = e.args[0] if isinstance(e, Op) and e.op == "cast" and e.dtype.name == "f32" else None
+    src = inner.args[0] if isinstance(inner, Op) and inner.op == "cast" and inner.dtype.name == "bf16" else None
+    ok = (dst.buf is buf and isinstance(src, Load) and not src.indirect and src.dtype.name == "f32" and dst.offset == 0
+          and dst.strides == (1,) and src.access.offset == 0 and src.access.strides == (1,)
+          and q.domain[0] == buf.numel == src.access.buf.numel)
+    return src if ok else None
+
+
+def _rounds_whole(q, buf: Buffer) -> bool:
+    return _rounding(q, buf) is not None
+
+
+def drop_input_roundings(p: Program, convs: list) -> int:
+    """A bf16 conv rounds its input to bf16 itself (the NHWC copy or im2col it builds), so a kernel that only rounds
+    that input first — dst = cast(cast(src, bf16), f32), element for element, read by the conv alone — is a second
+    pass over the activations that changes nothing (rounding twice is rounding once): the conv reads src and the
+    kernel goes. Returns how many."""
+    kept = {id(b) for b in p.outputs}
+    index = {id(k): i for i, k in enumerate(p.kernels)}
+    writers = writers_of(p)
+    readers: dict[int, list] = {}
+    for k in p.kernels:
+        for b in {id(a.buf): a.buf for a in k.reads()}.values():
+            readers.setdefault(id(b), []).append(k)
+    dead = []
+    for k in convs:
+        buf = k.x.buf
+        ws = writers.get(id(buf), [])
+        q = ws[-1] if ws else None
+        src = _rounding(q, buf)
+        if src is None or buf.kind != "temp" or id(buf) in kept or [r for r in readers.get(id(buf), []) if r is not q] != [k]:
+            continue
+        sb = src.access.buf
+        if sb is not buf:   # out of place: the only writer; src must not change between the rounding and the conv
+            if len(ws) != 1 or any(index[id(w)] > index[id(q)] for w in writers.get(id(sb), [])):
+                continue
+            k.x = Access(sb, k.x.offset, k.x.strides)
+        dead.append(q)
+    if dead:
+        p.kernels = [q for q in p.kernels if all(q is not d for d in dead)]
+    return len(dead)
 
 
 def _replan(p: Program) -> None:

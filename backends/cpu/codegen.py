@@ -447,6 +447,12 @@ class CEmitter:
                 return f"((uint8_t)(({a[0]}) != 0))"
             if dt.is_int and isf:   # float -> int: truncation toward zero, like C
                 return f"(({c})({a[0]}))"
+            # bf16 / f16 values are computed in float: the cast itself rounds (the reference does; a store to a
+            # bf16 buffer rounds again, which changes nothing)
+            if dt.name == "bf16" and src_dt.name != "bf16":
+                return f"nnf_bf16_to_f(nnf_f_to_bf16({a[0]}))"
+            if dt.name == "f16" and src_dt.name != "f16":
+                return f"((float)(_Float16)({a[0]}))"
             return f"(({c})({a[0]}))"
         if name == "identity":
             return a[0]
