@@ -296,3 +296,12 @@ def test_bf16_conv_reads_the_unrounded_input_it_rounds_itself():
     ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
     want = np.asarray(ref(x))
     np.testing.assert_allclose(np.asarray(cm(x)), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+def test_cast_to_fp8_inside_a_kernel_is_refused_not_skipped():
+    """The cpu backend reads fp8 tensors but has no fp8 rounding in C: a fake-quant cast must fail clearly."""
+    b = Builder("fq")
+    x = b.input("x", [8, 8])
+    g = b.output(b.op("mul", b.op("cast", b.op("cast", x, to="f8e4m3"), to="f32"), b.const(np.float32(2.0), "two")))
+    with pytest.raises(Exception, match="f8e4m3.*not supported on the cpu backend"):
+        nnfuse.compile(g, [np.ones((8, 8), np.float32)], backend="cpu")

@@ -453,6 +453,9 @@ class CEmitter:
                 return f"nnf_bf16_to_f(nnf_f_to_bf16({a[0]}))"
             if dt.name == "f16" and src_dt.name != "f16":
                 return f"((float)(_Float16)({a[0]}))"
+            if dt.name in TABLED and src_dt.name != dt.name:   # no rounding to fp8/fp4 in C: say so, never skip it
+                raise CodegenError(f"cast to {dt.name} inside a kernel is not supported on the cpu backend "
+                                   f"(reading {dt.name} tensors is); use backend='reference'")
             return f"(({c})({a[0]}))"
         if name == "identity":
             return a[0]
