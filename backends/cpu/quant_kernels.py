@@ -84,9 +84,11 @@ def _wq_microkernel(bits: int, mr: int) -> str:
                 "      const uint8_t* bb = bp + k * 16;\n"
                 "      __m512i w0 = _mm512_loadu_si512(bb), w1 = _mm512_loadu_si512(bb + 64);\n")
         for i in range(8):
-            sh = (f"_mm512_slli_epi32(w0, {28 - 4 * i})", f"_mm512_slli_epi32(w1, {28 - 4 * i})") if i < 7 else ("w0", "w1")
-            body += (f"      {{ __m512 f0 = _mm512_cvtepi32_ps(_mm512_srai_epi32({sh[0]}, 28)), "
-                     f"f1 = _mm512_cvtepi32_ps(_mm512_srai_epi32({sh[1]}, 28));\n" + fma(i, f"k + {i}", "f0", "f1", "        ") + "      }\n")
+            # the nibble indexes a 16-float table (vpermps reads the low 4 bits of each lane): one shift and one
+            # permute per vector instead of shift, arithmetic shift and convert
+            sh = (f"_mm512_srli_epi32(w0, {4 * i})", f"_mm512_srli_epi32(w1, {4 * i})") if i else ("w0", "w1")
+            body += (f"      {{ __m512 f0 = _mm512_permutexvar_ps({sh[0]}, tab), f1 = _mm512_permutexvar_ps({sh[1]}, tab);\n"
+                     + fma(i, f"k + {i}", "f0", "f1", "        ") + "      }\n")
         body += ("    }\n"
                  "    if (k < ke) {   /* a ragged last block (per-channel scales, K % 8 != 0) */\n"
                  "      const uint8_t* bb = bp + k * 16;\n"
@@ -122,9 +124,11 @@ def _wq_microkernel(bits: int, mr: int) -> str:
              "  __mmask16 m1 = nv >= 32 ? (__mmask16)0xffff : nv > 16 ? (__mmask16)((1u << (nv - 16)) - 1) : (__mmask16)0;\n"
              + "".join(f"  _mm512_mask_storeu_ps(o + {r} * ldo, m0, {tot[r][0]}); _mm512_mask_storeu_ps(o + {r} * ldo + 16, m1, {tot[r][1]});\n"
                        for r in range(mr)))
+    tab = ("  const __m512 tab = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);   /* int4 codes */\n"
+           if bits == 4 else "")
     return (f"static __attribute__((noinline, noclone)) void nnf_w{bits}mk{mr}(int64_t K, int64_t grp, const float* x, int64_t lda, const uint8_t* bp,\n"
             f"                                const float* sp, float* o, int64_t ldo, int64_t nv) {{\n"
-            + zero([t for row in tot for t in row])
+            + tab + zero([t for row in tot for t in row])
             + f"  for (int64_t k0 = 0; k0 < K; k0 += grp, sp += 32) {{\n    int64_t ke = k0 + grp;\n"
             + zero([a for r in acc for s in r for a in s]) + body + fold + "  }\n" + store + "}\n")
 
