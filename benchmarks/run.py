@@ -165,8 +165,8 @@ double nnf_peak(long iters, int threads) {
     for (long i = 0; i < iters; i++) {   /* 12 independent register-resident FMA chains */
       c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b; c4 = c4 * a + b; c5 = c5 * a + b;
       c6 = c6 * a + b; c7 = c7 * a + b; c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;
-      /* every chain opaque: c4 = b and c8 = c0 + 1 are equal to other chains at first, and gcc merged those
-         (10 FMAs a step, counted as 12: the peak read 20 % high) */
+      /* every chain opaque to the compiler: with only six of them here, gcc merged two of the others
+         (10 FMAs a step in the disassembly, counted as 12: the peak read 20 % high) */
       __asm__ volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
       __asm__ volatile("" : "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10), "+v"(c11));
     }

@@ -236,7 +236,8 @@ int pool_check(int threads) {
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 def test_pool_runs_every_chunk_once(threads):
     """The pool's shares (each thread its own contiguous range first, then the others'): every index of every job
-    exactly once, with more threads than cores too (a worker that never shows up leaves its share to the others)."""
+    exactly once, for totals and chunk sizes that do and do not divide into the shares, with more threads than
+    cores too (late workers find their share partly taken by the others)."""
     import ctypes
     from nnfuse.backends.cpu import build
     from nnfuse.backends.cpu.codegen import ABI_VERSION, PRELUDE

@@ -272,12 +272,12 @@ def pack_program(p: Program) -> int:
     """Give every packable bf16 gemm / conv its own packed copy of the weight (a new const buffer), at compile time."""
     done: dict[tuple, Buffer] = {}
     n = 0
-    from .bf16_fold import drop_input_roundings, fold_epilogues, input_rounded, read_cast_weights, writers_of
+    from .bf16_fold import drop_input_roundings, fold_epilogues, input_rounded, order_of, read_cast_weights, writers_of
     read_cast_weights(p)
-    writers = writers_of(p)
+    writers, order = writers_of(p), order_of(p)
     convs = []
     for k in p.kernels:
-        if isinstance(k, Conv) and conv_packable(k) and input_rounded(k, writers):
+        if isinstance(k, Conv) and conv_packable(k) and input_rounded(k, writers, order):
             src = p.const_data[k.w.buf.index]
             rows_pos = conv_rows_are_positions(k)
             arr = pack_conv_weight(src.reshape(-1)[k.w.offset:k.w.offset + k.out_shape[1] * k.in_shape[1] * int(np.prod(k.kernel))]

@@ -40,10 +40,18 @@ def writers_of(p: Program) -> dict[int, list]:
     return out
 
 
-def input_rounded(k: Conv, writers: dict) -> bool:
+def input_rounded(k: Conv, writers: dict, order: dict) -> bool:
     """The bf16 conv kernel rounds its input to bf16: allowed only where the graph already rounds it (the policy's
-    cast(cast(x, bf16), f32)); a bf16 weight next to an f32 activation keeps the f32 conv (weight widened, exact)."""
+    cast(cast(x, bf16), f32)); a bf16 weight next to an f32 activation keeps the f32 conv (weight widened, exact).
+    order: each kernel's position in the program (what the conv reads is what was written before it)."""
+    ws = [w for w in writers.get(id(k.x.buf), []) if order[id(w)] < order[id(k)]]
+    if ws and rounding_source(ws[-1], k.x.buf) is not None:   # rounded in place after its producer (a max-pool's output)
+        return True
     return _rounded(k.x.buf, writers, 3)
+
+
+def order_of(p: Program) -> dict:
+    return {id(k): i for i, k in enumerate(p.kernels)}
 
 
 def _rounded(buf: Buffer, writers: dict, depth: int) -> bool:
@@ -52,8 +60,6 @@ def _rounded(buf: Buffer, writers: dict, depth: int) -> bool:
     ws = writers.get(id(buf), [])
     if not ws or depth < 0:
         return False
-    if _rounds_whole(ws[-1], buf):   # rounded in place after its producer (a max-pool's output): what the conv reads
-        return True
     for k in ws:
         if isinstance(k, Pointwise):
             es = [e for a, e in k.stores if a.buf is buf]
@@ -72,7 +78,7 @@ def _rounded(buf: Buffer, writers: dict, depth: int) -> bool:
     return True
 
 
-def _rounding(q, buf: Buffer):
+def rounding_source(q, buf: Buffer):
     """The source load of q if q is `buf[i] = cast(cast(src[i], bf16), f32)` over all of buf (src may be buf: in
     place), else None."""
     if not (isinstance(q, Pointwise) and len(q.stores) == 1 and len(q.domain) == 1):
@@ -86,17 +92,13 @@ def _rounding(q, buf: Buffer):
     return src if ok else None
 
 
-def _rounds_whole(q, buf: Buffer) -> bool:
-    return _rounding(q, buf) is not None
-
-
 def drop_input_roundings(p: Program, convs: list) -> int:
     """A bf16 conv rounds its input to bf16 itself (the NHWC copy or im2col it builds), so a kernel that only rounds
     that input first — dst = cast(cast(src, bf16), f32), element for element, read by the conv alone — is a second
     pass over the activations that changes nothing (rounding twice is rounding once): the conv reads src and the
     kernel goes. Returns how many."""
     kept = {id(b) for b in p.outputs}
-    index = {id(k): i for i, k in enumerate(p.kernels)}
+    index = order_of(p)
     writers = writers_of(p)
     readers: dict[int, list] = {}
     for k in p.kernels:
@@ -105,9 +107,9 @@ def drop_input_roundings(p: Program, convs: list) -> int:
     dead = []
     for k in convs:
         buf = k.x.buf
-        ws = writers.get(id(buf), [])
+        ws = [w for w in writers.get(id(buf), []) if index[id(w)] < index[id(k)]]
         q = ws[-1] if ws else None
-        src = _rounding(q, buf)
+        src = rounding_source(q, buf)
         if src is None or buf.kind != "temp" or id(buf) in kept or [r for r in readers.get(id(buf), []) if r is not q] != [k]:
             continue
         sb = src.access.buf
@@ -150,7 +152,7 @@ def read_cast_weights(p: Program) -> None:
         if e.args[0].indirect or s.buf.kind != "const" or s.buf.dtype.name != "bf16" or s.strides != (1,) \
                 or dst.strides != (1,) or dst.offset != 0:
             continue
-        if not input_rounded(k, writers):
+        if not input_rounded(k, writers, order_of(p)):
             continue
         old = k.w
         k.w, k.meta["bf16_weight"] = Access(s.buf, s.offset + old.offset, old.strides), True

@@ -64,17 +64,9 @@ static struct {
   pthread_mutex_t mu; pthread_cond_t cv;
 } nnf_pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 static struct { _Atomic int64_t next; int64_t end; } __attribute__((aligned(64))) nnf_share[64];
-#ifndef NNF_SPINS
-#define NNF_SPINS 20000   /* pause steps a worker spins for the next job before it sleeps on the condition variable */
-#endif
-#ifndef NNF_PAUSE
-#define NNF_PAUSE 1
-#endif
 static inline void nnf_relax(void) {
-#if (defined(__x86_64__) || defined(__i386__)) && NNF_PAUSE
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
-#else
-  __asm__ __volatile__("" ::: "memory");
 #endif
 }
 static void nnf_pool_run(int me) {   /* me: 0 the caller, 1.. the workers */
@@ -96,7 +88,7 @@ static void* nnf_worker(void* arg) {
   for (;;) {
     long g; int spins = 0;
     while ((g = atomic_load(&nnf_pool.gen)) == seen || (g & 1)) {   /* odd: the caller is setting a job up */
-      if (++spins < NNF_SPINS) { nnf_relax(); continue; }
+      if (++spins < 20000) { nnf_relax(); continue; }
       pthread_mutex_lock(&nnf_pool.mu);
       atomic_fetch_add(&nnf_pool.sleepers, 1);
       while (atomic_load(&nnf_pool.gen) == seen) pthread_cond_wait(&nnf_pool.cv, &nnf_pool.mu);

@@ -197,9 +197,7 @@ def emit_panel_im2col(w, k: Conv, geo) -> str:
             f"            int64_t _sh = _kx*{dx} - {px};   /* input column of output column o: o*{sx} + _sh */\n"
             f"            int64_t _lo, _hi; nnf_tap_range(_sh, {sx}, {IW}, _ox, _ox + _len, &_lo, &_hi);\n"
             f"            float* restrict _dr = _dc + _kx*64 - _ox; const float* restrict _xs = _xr + _sh;\n"
-            f"            for (int64_t _o = _ox; _o < _lo; _o++) _dr[_o] = 0.0f;\n"
-            f"            for (int64_t _o = _lo; _o < _hi; _o++) _dr[_o] = _xs[_o*{sx}];\n"
-            f"            for (int64_t _o = _hi; _o < _ox + _len; _o++) _dr[_o] = 0.0f;\n"
+            + _tap_copy("_dr", "_xs", sx, "_ox", "_lo", "_hi", "_ox + _len", "            ") +
             f"          }}\n        }}\n"
             f"        _q += _len;\n      }}\n"
             f"      if (_q1 - _q0 < 64) for (int64_t _r = 0; _r < {K}; _r++) for (int64_t _i = _q1 - _q0; _i < 64; _i++) _d[_r*64 + _i] = 0.0f;\n"
@@ -244,6 +242,13 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
     work = Mg * K * SP
     s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
     return s + "  }\n"
+
+
+def _tap_copy(dst: str, src: str, st, o0: str, lo: str, hi: str, o1, ind: str) -> str:
+    """One im2col row segment of a tap: dst[o] = src[o*st] for o in [lo, hi), zeros on [o0, lo) and [hi, o1)."""
+    return (f"{ind}for (int64_t _o = {o0}; _o < {lo}; _o++) {dst}[_o] = 0.0f;\n"
+            f"{ind}for (int64_t _o = {lo}; _o < {hi}; _o++) {dst}[_o] = {src}[_o*{st}];\n"
+            f"{ind}for (int64_t _o = {hi}; _o < {o1}; _o++) {dst}[_o] = 0.0f;\n")
 
 
 def _tap_nest(k: Conv, ks: tuple, KK: int, extents: tuple, ind: str) -> tuple[str, str]:
@@ -294,9 +299,7 @@ def _im2col(w, k: Conv, geo, plain: bool, rowlen: str, ps: int, padded: int) -> 
         src = f"_x + _c*{sxc} + {boff} + _sh"
         if ps == 64:   # row-major col: plain loops with constant strides (they vectorize), no panel bookkeeping
             body += (f"{ind}{{ float* restrict _dq = _d + _q; const float* restrict _xs = {src};\n"
-                     f"{ind}  for (int64_t _o = 0; _o < _a; _o++) _dq[_o] = 0.0f;\n"
-                     f"{ind}  for (int64_t _o = _a; _o < _b; _o++) _dq[_o] = _xs[_o*{st}];\n"
-                     f"{ind}  for (int64_t _o = _b; _o < {sm}; _o++) _dq[_o] = 0.0f; }}\n")
+                     + _tap_copy("_dq", "_xs", st, "0", "_a", "_b", sm, ind + "  ") + f"{ind}}}\n")
         else:
             body += (f"{ind}nnf_row_put(_d, {ps}, _q, _a, 0, 0);\n"
                      f"{ind}nnf_row_put(_d, {ps}, _q + _a, _b - _a, {src} + _a*{st}, {st});\n"
@@ -333,9 +336,7 @@ def _im2col_by_rows(w, k: Conv, geo) -> str:
             f"      for (int64_t _kx = 0; _kx < {KW}; _kx++) {{\n"
             f"        int64_t _sh = _kx*{dx} - {px}, _a, _b; nnf_tap_range(_sh, {sx}, {IW}, 0, {OW}, &_a, &_b);\n"
             f"        float* restrict _dr = _dc + _kx*{SP}; const float* restrict _xs = _xr + _sh;\n"
-            f"        for (int64_t _o = 0; _o < _a; _o++) _dr[_o] = 0.0f;\n"
-            f"        for (int64_t _o = _a; _o < _b; _o++) _dr[_o] = _xs[_o*{sx}];\n"
-            f"        for (int64_t _o = _b; _o < {OW}; _o++) _dr[_o] = 0.0f;\n"
+            + _tap_copy("_dr", "_xs", sx, "0", "_a", "_b", OW, "        ") +
             f"      }}\n    }}\n  }}\n")
     return "  " + w.parallel(OH, max(1, OH // 16), body, ("_n", "_g")).lstrip()
 

@@ -275,9 +275,6 @@ def pack_program(p: Program) -> int:
             from .conv import direct_conv, rows_are_positions
             form = ("f32_direct" if direct_conv(k) and os.environ.get("NNFUSE_CONV_DIRECT", "1") != "0"
                     else "f32_rows_are_positions" if rows_are_positions(k) else "f32_rows6")
-            force = os.environ.get("NNFUSE_CONV_FORM")   # A/B runs: direct | positions | rows6 where it applies
-            if force:
-                form = {"direct": "f32_direct", "positions": "f32_rows_are_positions", "rows6": "f32_rows6"}[force]
             pos = form != "f32_rows6"   # the direct and positions-as-rows forms read W^T panels
             key += (pos,)
             if key not in done:
