@@ -244,3 +244,45 @@ def test_pool_runs_every_chunk_once(threads):
     path, _, _ = build(PRELUDE % {"abi": ABI_VERSION} + POOL_CHECK)
     lib = ctypes.CDLL(path)
     assert lib.pool_check(threads) == 0
+
+
+TBLOCK_CHECK = r"""
+void tblock(const float* s, int64_t lds, int ni, int nj, float* t, int64_t ldt) { nnf_tblock16(s, lds, ni, nj, t, ldt); }
+void tblock_bf16(const float* s, int64_t lds, int ni, int nj, uint16_t* t, int64_t ldt) {
+  nnf_tblock16_bf16(s, lds, ni, nj, t, ldt);
+}
+void to_bf16(const float* s, int64_t n, uint16_t* t) { for (int64_t i = 0; i < n; i++) t[i] = nnf_f_to_bf16(s[i]); }
+"""
+
+
+@pytest.mark.parametrize("isa", ["native", "no-avx512"])
+def test_block_transpose_every_partial_block(isa):
+    """nnf_tblock16 / nnf_tblock16_bf16 (a conv's NCHW <-> positions x channels changes): every partial block
+    (1..16 lanes x 1..16 rows) against numpy, the bf16 form rounding exactly as the scalar nnf_f_to_bf16 (ties,
+    NaN, infinities, subnormals, -0), and nothing written outside the block; the AVX-512 code and the fallback."""
+    import ctypes
+    from nnfuse.backends.cpu.build import FLAGS, build
+    from nnfuse.backends.cpu.codegen import ABI_VERSION, PRELUDE
+    flags = list(FLAGS) + (["-mno-avx512f"] if isa != "native" else [])
+    lib = ctypes.CDLL(build(PRELUDE % {"abi": ABI_VERSION} + TBLOCK_CHECK, flags)[0])
+    P = ctypes.c_void_p
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((20, 24)).astype(np.float32)
+    bits = np.array([0x7fc00001, 0x7f800001, 0xff810000, 0x7f800000, 0xff800000, 0x3f808000, 0x3f818000, 0x00000001, 0x80000000, 0x7f7fffff],
+                    np.uint32)
+    s.reshape(-1)[::37][:len(bits)] = bits.view(np.float32)
+    scal = np.empty(s.size, np.uint16)
+    lib.to_bf16(P(s.ctypes.data), ctypes.c_int64(s.size), P(scal.ctypes.data))
+    scal = scal.reshape(s.shape)
+    for ni in range(1, 17):
+        for nj in range(1, 17):
+            t = np.full((16, 20), -7.0, np.float32)
+            lib.tblock(P(s[1:].ctypes.data), ctypes.c_int64(24), ni, nj, P(t.ctypes.data), ctypes.c_int64(20))
+            want = np.zeros((ni, 16), np.float32)
+            want[:, :nj] = s[1:1 + nj, :ni].T
+            np.testing.assert_array_equal(t[:ni, :16], want)
+            assert (t[ni:] == -7).all() and (t[:, 16:] == -7).all()
+            tb = np.full((16, 20), 0xAAAA, np.uint16)
+            lib.tblock_bf16(P(s[1:].ctypes.data), ctypes.c_int64(24), ni, nj, P(tb.ctypes.data), ctypes.c_int64(20))
+            np.testing.assert_array_equal(tb[:ni, :nj], scal[1:1 + nj, :ni].T)
+            assert (tb[ni:] == 0xAAAA).all() and (tb[:, nj:] == 0xAAAA).all()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cpu_util import check, graph, rand
+from nnfuse.ir import evaluate
 
 F = "f32"
 R = np.random.default_rng(1)
@@ -128,3 +129,28 @@ def test_low_precision_floats(dt):
                                b.add(x, b.cast(b.reduce_sum(x, axes=[1], keepdims=True), to=dt))], ((4, 8), dt), ((8, 5), dt))
     rng = np.random.default_rng(0)
     check(g, [rng.standard_normal((4, 8)).astype(npdt), rng.standard_normal((8, 5)).astype(npdt)], rtol=2e-2, atol=2e-2)
+
+
+WINDOW_CASES = {   # outputs >= 8 wide: the reduce vectorizes across outputs (codegen.window_reduce)
+    "max_pool": lambda b, x: b.max_pool(x, kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    "avg_pool_ceil": lambda b, x: b.avg_pool(x, kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=True),
+    "avg_pool_incl_pad": lambda b, x: b.avg_pool(x, kernel=[2, 2], pads=[1, 1, 1, 1], count_include_pad=True),
+    "reduce_channels": lambda b, x: [b.reduce_sum(x, axes=[1]), b.reduce_max(x, axes=[1], keepdims=True),
+                                     b.reduce_min(x, axes=[1]), b.reduce_prod(x, axes=[1])],
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_CASES))
+def test_window_reduce_matches_reference(name):
+    """Pooling and a reduce over channels on outputs wide enough for the window form: the form is taken, the
+    results equal the reference (max/min exactly), NaN and -inf propagate through max/min as in the reference."""
+    from nnfuse.backends.cpu.codegen import window_reduce
+    rng = np.random.default_rng(1)
+    g = graph(WINDOW_CASES[name], ((2, 3, 20, 21), "f32"))
+    x = rng.standard_normal((2, 3, 20, 21)).astype(np.float32)
+    x[0, 1, 4, 7], x[1, 2, 9, 9], x[1, 0, 0, 0] = np.nan, -np.inf, np.inf
+    exe = check(g, [x], rtol=1e-5, atol=1e-6)
+    assert any(window_reduce(k) for k in exe.program.kernels if k.kind == "reduce")
+    got, ref = exe([x]), evaluate(g, [x])
+    for a, b in zip(got, ref):
+        assert (np.isnan(a) == np.isnan(b)).all()

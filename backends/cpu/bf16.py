@@ -455,10 +455,12 @@ def emit_conv_nhwc(w, k: Conv) -> str:
               f"    if (_y < {PT} || _y >= {PT + H}) {{ memset(_r, 0, {PW * C * 2}); continue; }}\n"
               f"    memset(_r, 0, {PL * C * 2}); memset(_r + {(PL + W_) * C}, 0, {(PW - PL - W_) * C * 2});\n  }}\n")
     s += f"  for (int64_t _n = 0; _n < {N}; _n++) {{\n"
-    s += _pooled(w, H * C, H * W_ * C, pre,
-                 f"    int64_t _h = _i / {C}, _ch = _i % {C};   /* not _c: the outlined helper's context pointer */\n"
-                 f"    const float* _src = _x + _ch*{sxc} + _h*{W_}; uint16_t* _dst = _xh + ((_h + {PT})*{PW} + {PL})*{C} + _ch;\n"
-                 f"    for (int64_t _w = 0; _w < {W_}; _w++) _dst[_w*{C}] = nnf_f_to_bf16(_src[_w]);\n")
+    # NCHW -> NHWC by input rows, through 16 x 16 block transposes (channels x columns)
+    s += _pooled(w, H, H * W_ * C, pre,
+                 f"    uint16_t* _dst = _xh + ((_i + {PT})*{PW} + {PL})*{C};\n"
+                 f"    for (int64_t _c0 = 0; _c0 < {C}; _c0 += 16) for (int64_t _w0 = 0; _w0 < {W_}; _w0 += 16)\n"
+                 f"      nnf_tblock16_bf16(_x + _c0*{sxc} + _i*{W_} + _w0, {sxc}, {W_} - _w0 < 16 ? {W_} - _w0 : 16,\n"
+                 f"                        {C} - _c0 < 16 ? {C} - _c0 : 16, _dst + _w0*{C} + _c0, {C});\n")
     if not plain and not direct:
         s += _pooled(w, SP, SP * K, pre,
                      f"    int64_t _oy = _i / {OW}, _ox = _i % {OW};\n"
@@ -481,12 +483,17 @@ def emit_conv_nhwc(w, k: Conv) -> str:
     rb = max(1, 64 // OW)   # blocks of 16 channels x whole output rows (~64 positions): no division per element
     nmb = _cdiv(M, 16)      # row-block major: a thread's share of the blocks is a share of the rows (the pool's shares)
     s += _pooled(w, nmb * _cdiv(OH, rb), SP * M, pre,
-                 f"    int64_t _r0 = (_i / {nmb}) * {rb}, _mb = (_i % {nmb}) * 16;\n"
-                 f"    for (int64_t _m = _mb; _m < _mb + 16 && _m < {M}; _m++)\n"
-                 f"      for (int64_t _p0 = _r0; _p0 < _r0 + {rb} && _p0 < {OH}; _p0++)\n"
-                 f"        for (int64_t _p1 = 0; _p1 < {OW}; _p1++) {{\n"
-                 f"          int64_t _p = _p0*{OW} + _p1;\n"
-                 f"          float _acc = _T[(_p0*{TW} + _p1)*{M} + _m]; {store(w.bn, O.buf, ref, val)} }}\n")
+                 f"    int64_t _r0 = (_i / {nmb}) * {rb}, _mb = (_i % {nmb}) * 16; float _tt[256];\n"
+                 f"    int _nm = {M} - _mb < 16 ? {M} - _mb : 16;\n"
+                 f"    for (int64_t _p0 = _r0; _p0 < _r0 + {rb} && _p0 < {OH}; _p0++)\n"
+                 f"      for (int64_t _q0 = 0; _q0 < {OW}; _q0 += 16) {{   /* 16 positions x 16 channels, transposed */\n"
+                 f"        int _nq = {OW} - _q0 < 16 ? {OW} - _q0 : 16;\n"
+                 f"        nnf_tblock16(_T + (_p0*{TW} + _q0)*{M} + _mb, {M}, _nm, _nq, _tt, 16);\n"
+                 f"        for (int64_t _m = _mb; _m < _mb + _nm; _m++)\n"
+                 f"          for (int64_t _p1 = _q0; _p1 < _q0 + _nq; _p1++) {{\n"
+                 f"            int64_t _p = _p0*{OW} + _p1;\n"
+                 f"            float _acc = _tt[(_m - _mb)*16 + _p1 - _q0]; {store(w.bn, O.buf, ref, val)} }}\n"
+                 f"      }}\n")
     s += "  }\n"
     return s
 
