@@ -306,3 +306,25 @@ def test_cast_to_fp8_inside_a_kernel_is_refused_not_skipped():
     g = b.output(b.op("mul", b.op("cast", b.op("cast", x, to="f8e4m3"), to="f32"), b.const(np.float32(2.0), "two")))
     with pytest.raises(Exception, match="f8e4m3.*not supported on the cpu backend"):
         nnfuse.compile(g, [np.ones((8, 8), np.float32)], backend="cpu")
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 3, 75, 61), 7, 2, 3), ((1, 3, 70, 66), 5, 1, 2)])
+def test_rgb_conv_panel_tasks_match_reference(shape, kernel, stride, pad):
+    """The W @ im2col form (few input channels: an RGB stem) builds each task's im2col in its own scratch and
+    writes the output in place: tasks of one and of four panels, runs of positions that cross output rows, a
+    ragged last panel, two images; against the reference with the same rounding, and widening vs dpbf16."""
+    cout = 20
+    b = Builder("stem")
+    x = b.input("x", list(shape))
+    w = b.const((rng.standard_normal((cout, 3, kernel, kernel)) / kernel / 2).astype(np.float32), "w")
+    bias = b.const(rng.standard_normal((1, cout, 1, 1)).astype(np.float32), "bias")
+    g = b.output(b.op("relu", b.op("add", b.op("conv", x, w, pads=[pad] * 4, strides=[stride] * 2), bias)))
+    xs = rng.standard_normal(shape).astype(np.float32)
+    cm = nnfuse.compile(g, [xs], backend="cpu", precision="bf16", threads=2, accuracy_report=False)
+    conv = next(k for k in cm.program.kernels if k.kind == "conv")
+    assert conv.meta.get("bf16_packed") and not conv.meta.get("bf16_rows_are_positions")
+    got = np.asarray(cm(xs))
+    ref = np.asarray(nnfuse.compile(g, [xs], backend="reference", precision="bf16")(xs))
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
+    np.testing.assert_allclose(wide([xs])[0], got, rtol=1e-4, atol=1e-4 * np.abs(got).max())

@@ -126,7 +126,7 @@ static inline void nnf_tap_range(int64_t sh, int64_t st, int64_t n, int64_t o0, 
   *a = lo; *b = hi;
 }
 /* Per-thread growing float scratch buffers, one per slot (the pool's tasks each pack their own operand block):
-   0 conv panel im2col (conv.py), 1-2 bf16 widening of A and B, 3 the bf16 gemm's f32 tile (bf16.py). */
+   0 conv panel im2col (conv.py, bf16.py), 1-2 bf16 widening of A and B, 3 the f32 tile of a bf16 gemm or conv. */
 static float* nnf_tls(int slot, int64_t n) {
   static __thread float* buf[4]; static __thread int64_t cap[4];
   if (n > cap[slot]) {
