@@ -168,13 +168,20 @@ static inline float nnf_tanh(float x) {
   float big = x < 0 ? -t : t;
   return ax < 0.0625f ? small : big;
 }
-/* erf: Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7). */
+/* erf: the rational minimax form of Eigen/TensorFlow, x*P(x^2)/Q(x^2) on [-4, 4] (erf is +-1 in float beyond):
+   |error| < 5e-7 and relative error < 3e-7 near 0, in ~17 vector ops with no exp (Abramowitz-Stegun 7.1.26 took
+   ~50, and lost all relative accuracy near 0: 13 %% at 1e-6). GELU's cost in a BERT FFN is mostly this. */
 static inline float nnf_erf(float x) {
-  float ax = fabsf(x);
-  float t = 1.0f / (1.0f + 0.3275911f * ax);
-  float y = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
-  y = 1.0f - y * nnf_exp(-ax * ax);
-  return x < 0 ? -y : y;
+  float c = x > 4.0f ? 4.0f : x;
+  c = c < -4.0f ? -4.0f : c;
+  float x2 = c * c;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f; p = p * x2 - 2.10102402082508e-06f; p = p * x2 - 5.69250639462346e-05f;
+  p = p * x2 - 7.34990630326855e-04f; p = p * x2 - 2.95459980854025e-03f; p = p * x2 - 1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 - 2.13374055278905e-04f; q = q * x2 - 1.68282697438203e-03f; q = q * x2 - 7.37332916720468e-03f;
+  q = q * x2 - 1.42647390514189e-02f;
+  return c * p / q;
 }
 static inline float nnf_sigmoid(float x) { return 1.0f / (1.0f + nnf_exp(-x)); }
 static inline float nnf_gelu(float x) { return 0.5f * x * (1.0f + nnf_erf(x * 0.70710678118654752f)); }
