@@ -328,3 +328,31 @@ def test_rgb_conv_panel_tasks_match_reference(shape, kernel, stride, pad):
     np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
     wide = _variant(cm.executable, "NNF_NO_AVX512BF16")
     np.testing.assert_allclose(wide([xs])[0], got, rtol=1e-4, atol=1e-4 * np.abs(got).max())
+
+
+def test_conv_scratch_grows_only_outside_the_pool():
+    """The bf16 convs' shared scratch (nnf_bf16_scratch: not per thread) may only grow in the kernel itself, before
+    its tasks run: grown inside a task, two threads could both free and reallocate it (a double free on ResNet-50).
+    Every size a task asks for must have been asked for by its kernel before the first hand-off to the pool."""
+    import re
+    torch = pytest.importorskip("torch")
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, stride=2, padding=3), torch.nn.ReLU(),
+                            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.Conv2d(32, 64, 1, stride=2),
+                            torch.nn.Conv2d(64, 64, 3, stride=2, padding=1)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    cm = nnfuse.compile(m, (x,), backend="cpu", precision="bf16", threads=2, accuracy_report=False)
+    src = cm.source()
+    call = re.compile(r"nnf_bf16_scratch\((\d), (\d+)\)")
+    checked = 0
+    for fn in re.finditer(r"^static void (k\d+)\((.*?)^}", src, re.M | re.S):
+        body = fn.group(0)
+        head = body.split("nnf_parallel(", 1)[0]
+        grown = {}
+        for slot, size in call.findall(head):
+            grown[slot] = max(grown.get(slot, 0), int(size))
+        for h in re.finditer(rf"^static void {fn.group(1)}__b\d+\(.*?^}}", src, re.M | re.S):
+            for slot, size in call.findall(h.group(0)):
+                assert int(size) <= grown.get(slot, -1), (fn.group(1), slot, size, grown)
+                checked += 1
+    assert checked > 0
+    np.testing.assert_allclose(np.asarray(cm(x)), m(x).detach().numpy(), rtol=5e-2, atol=5e-2)

@@ -538,7 +538,7 @@ def emit_conv(w, k: Conv) -> str:
         (PH, PW) = (H, W_)
     else:   # the zero-padded copy, by rows (c, y): zero rows and borders written each call (the scratch is shared)
         src, rs, ctyp = "_xp", PH * PW, "uint16_t"
-        xp = f"  uint16_t* _xp = (uint16_t*)nnf_bf16_scratch(2, {C * PH * PW * 2 + 2});\n"
+        xp = f"  uint16_t* _xp = (uint16_t*)nnf_bf16_scratch(2, {C * PH * PW * 2 + 2}); (void)_xp;\n"
         val = lambda r: r  # noqa: E731
         s += _pooled(w, C * PH, C * PH * PW, xp + f"  const float* _x = {x} + {X.offset} + _n*{sxn};\n",
                      f"    int64_t _ch = _i / {PH}, _y = _i % {PH} - {pt};   /* not _c: the outlined helper's context */\n"
@@ -576,7 +576,7 @@ def emit_conv(w, k: Conv) -> str:
                 f"{ind}  for (int64_t _p = _nq; _p < _nqp; _p++) _row[_p] = 0;\n{ind}}}\n")
     SPP = npan * PANEL
     shared = mt > 1   # channel blocks share one whole-image im2col (few positions: it is small), built once
-    bw = f"  uint32_t* _Bw = (uint32_t*)nnf_bf16_scratch(0, {KP * SPP * 4});\n"
+    bw = f"  uint32_t* _Bw = (uint32_t*)nnf_bf16_scratch(0, {KP * SPP * 4}); (void)_Bw;\n"
     if shared:
         s += "  " + w.parallel(KP, KP if KP * SP < 16384 else max(1, KP // 16),
                                xp + bw + im2col("  ", "_Bw", "0", str(SP), str(SPP), ("_lo", "_hi")), ("_n",)).lstrip()
@@ -601,7 +601,9 @@ def emit_conv(w, k: Conv) -> str:
     if k.epilogue is not None:
         body += _epilogue(w, k, k.geometry(), "_m0", "_m1", "_q0", "_q1")
     body += "  }\n"
-    return s + w.parallel(mt * ngr, 1, xp + body, ("_n",)) + "  }\n"
+    # the shared scratch is grown here, by the caller: inside the pool's tasks two threads could both reallocate it
+    grow = (xp if "_xp" in xp else "") + (bw if shared else "")
+    return grow + s + w.parallel(mt * ngr, 1, xp + body, ("_n",)) + "  }\n"
 
 
 def cpu_bf16_features() -> dict:
