@@ -2,7 +2,7 @@
 tensor in memory.
 
 One pool task per (batch..., chunk of query rows); ~8 tasks in all when the batch (heads) allows. A task packs kᵀ
-once (16x16 register transposes) unless k's key axis already has unit stride, then walks its rows in tiles of MR:
+once (16x16 register transposes: nnf_tblock16) unless k's key axis already has unit stride, then walks its rows in tiles of MR:
 scores of the tile into a stack buffer with the prelude's gemm micro-kernel (nnf_gemm_np: q tile @ kᵀ), the mask
 and softmax row by row (vectorized nnf_exp; same arithmetic as the unfused row-norm kernel), then p @ v with the same
 micro-kernel straight into the output rows. With `causal` a tile only computes the keys its last row can see,
@@ -224,8 +224,10 @@ def emit_attention(w, k: Attention) -> str:
     else:   # pack kᵀ once per task: 16x16 blocks transposed in registers, scalar copies at the ragged edges
         s += f"    float* restrict _Kp = _scr + {off}; const float* _Kt = _Kp; const int64_t _ldk = {skv};\n"
         s += f"    {{ const float* restrict _k = {kk} + {base(k.k)};\n"
-        if skd == 1:
-            s += transpose16("_k", skj, "_Kp", skv, "_jmax", d)
+        if skd == 1:   # 16 x 16 register transposes (nnf_tblock16 in the prelude), partial blocks masked
+            s += (f"      for (int64_t _r0 = 0; _r0 < _jmax; _r0 += 16) for (int64_t _c0 = 0; _c0 < {d}; _c0 += 16)\n"
+                  f"        nnf_tblock16(_k + _r0*{skj} + _c0, {skj}, {d} - _c0 < 16 ? {d} - _c0 : 16, "
+                  f"_jmax - _r0 < 16 ? _jmax - _r0 : 16, _Kp + _c0*{skv} + _r0, {skv});\n")
         else:
             s += (f"      for (int64_t _j = 0; _j < _jmax; _j++) for (int64_t _d = 0; _d < {d}; _d++) "
                   f"_Kp[_d*{skv} + _j] = _k[_j*{skj} + _d*{skd}];\n")
@@ -277,32 +279,3 @@ def emit_attention(w, k: Attention) -> str:
         s += "    free(_scr);\n"
     s += "  }\n"
     return w.parallel(nbatch * nch, 1, s)
-
-
-def transpose16(src: str, lds: int, dst: str, ldd: int, rows: str, cols: int) -> str:
-    """C: dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols. Full square blocks of the target's vector width
-    (16 on AVX-512, 8 elsewhere: a wider vector would be split piecewise by gcc) go through registers: stages
-    that swap the off-diagonal b x b sub-blocks of each 2b x 2b block (b = n/2 .. 1), two-source shuffles of GCC
-    vector extensions (vpermt2ps on AVX-512); the ragged edges are copied element by element."""
-    def blocks(n: int, vec: str) -> str:
-        t = (f"      typedef int32_t nnf_tmask __attribute__((vector_size({4 * n})));\n"
-             f"      int64_t _rf = {rows} / {n} * {n};\n"
-             f"      for (int64_t _r0 = 0; _r0 < _rf; _r0 += {n}) for (int64_t _c0 = 0; _c0 + {n} <= {cols}; _c0 += {n}) {{\n"
-             f"        {vec} _x[{n}];\n"
-             f"        for (int _q = 0; _q < {n}; _q++) _x[_q] = *(const {vec}u*)({src} + (_r0 + _q)*{lds} + _c0);\n")
-        b = n // 2
-        while b >= 1:
-            lo = ", ".join(str(n + c - b if c & b else c) for c in range(n))
-            hi = ", ".join(str(n + c if c & b else c + b) for c in range(n))
-            t += (f"        {{ const nnf_tmask _ml = {{{lo}}}, _mh = {{{hi}}};\n"
-                  f"          for (int _q = 0; _q < {n}; _q++) if (!(_q & {b})) {{ {vec} _a = _x[_q], _b = _x[_q + {b}];\n"
-                  f"            _x[_q] = __builtin_shuffle(_a, _b, _ml); _x[_q + {b}] = __builtin_shuffle(_a, _b, _mh); }} }}\n")
-            b //= 2
-        t += (f"        for (int _q = 0; _q < {n}; _q++) *({vec}u*)({dst} + (_c0 + _q)*{ldd} + _r0) = _x[_q];\n"
-              "      }\n"
-              f"      for (int64_t _r = 0; _r < _rf; _r++) for (int64_t _c = {cols} / {n} * {n}; _c < {cols}; _c++) "
-              f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n"
-              f"      for (int64_t _r = _rf; _r < {rows}; _r++) for (int64_t _c = 0; _c < {cols}; _c++) "
-              f"{dst}[_c*{ldd} + _r] = {src}[_r*{lds} + _c];\n")
-        return t
-    return ("#if defined(__AVX512F__)\n" + blocks(16, "nnf_v16") + "#else\n" + blocks(8, "nnf_v8") + "#endif\n")

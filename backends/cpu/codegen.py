@@ -231,10 +231,11 @@ typedef float nnf_vf __attribute__((vector_size(NNF_VW * 4)));
 typedef float nnf_vfu __attribute__((vector_size(NNF_VW * 4), aligned(4)));
 #define NNF_VLD(p) (*(const nnf_vfu*)(p))
 #define NNF_VST(p, v) (*(nnf_vfu*)(p) = (v))
-/* A 16 x 16 block transpose: t[i*ldt + j] = s[j*lds + i] for lanes i < ni of rows j < nj of s; in the rows
-   i < ni of t, lanes j >= nj are zero. A conv's layout changes (NCHW <-> positions x channels) go through it: on
-   AVX-512, 16 masked row loads, 64 shuffles in registers and 16 stores, instead of a scalar strided loop (the
-   two such loops took a fifth of a bf16 56x56x64 conv). */
+/* A 16 x 16 block transpose: t[i*ldt + j] = s[j*lds + i] for lanes i < ni of rows j < nj of s (nothing else
+   of t is written). A conv's layout changes (NCHW <-> positions x channels) and attention's k^T packing go
+   through it: on AVX-512, 16 masked row loads, 64 shuffles in registers and 16 masked stores, instead of a
+   scalar strided loop (the conv's two such loops took a fifth of a bf16 56x56x64 conv); elsewhere a full block
+   is four 8 x 8 register transposes (GCC vector shuffles), a partial one scalar. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline void nnf_t16(const float* s, int64_t lds, int ni, int nj, __m512* r) {   /* r[i] = column i */
@@ -254,11 +255,29 @@ static inline void nnf_t16(const float* s, int64_t lds, int ni, int nj, __m512* 
 }
 static inline void nnf_tblock16(const float* s, int64_t lds, int ni, int nj, float* t, int64_t ldt) {
   __m512 r[16]; nnf_t16(s, lds, ni, nj, r);
-  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) if (i < ni) _mm512_storeu_ps(t + i * ldt, r[i]);
+  __mmask16 mj = (__mmask16)(nj >= 16 ? 0xffffu : (1u << nj) - 1u);
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) if (i < ni) _mm512_mask_storeu_ps(t + i * ldt, mj, r[i]);
 }
 #else
+typedef int32_t nnf_m8 __attribute__((vector_size(32)));
+static inline void nnf_t8(const float* s, int64_t lds, float* t, int64_t ldt) {   /* one full 8 x 8 block */
+  static const nnf_m8 lo[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13}, {0, 8, 2, 10, 4, 12, 6, 14}};
+  static const nnf_m8 hi[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15}, {1, 9, 3, 11, 5, 13, 7, 15}};
+  nnf_v8 x[8];
+  for (int q = 0; q < 8; q++) x[q] = *(const nnf_v8u*)(s + q * lds);
+  for (int st = 0, b = 4; st < 3; st++, b /= 2)   /* swap the off-diagonal b x b sub-blocks of each 2b x 2b block */
+    for (int q = 0; q < 8; q++) if (!(q & b)) {
+      nnf_v8 a = x[q], c = x[q + b];
+      x[q] = __builtin_shuffle(a, c, lo[st]); x[q + b] = __builtin_shuffle(a, c, hi[st]);
+    }
+  for (int q = 0; q < 8; q++) *(nnf_v8u*)(t + q * ldt) = x[q];
+}
 static inline void nnf_tblock16(const float* s, int64_t lds, int ni, int nj, float* t, int64_t ldt) {
-  for (int i = 0; i < ni; i++) for (int j = 0; j < 16; j++) t[i * ldt + j] = j < nj ? s[j * lds + i] : 0.0f;
+  if (ni == 16 && nj == 16) {
+    for (int bi = 0; bi < 16; bi += 8) for (int bj = 0; bj < 16; bj += 8) nnf_t8(s + bj * lds + bi, lds, t + bi * ldt + bj, ldt);
+    return;
+  }
+  for (int i = 0; i < ni; i++) for (int j = 0; j < nj; j++) t[i * ldt + j] = s[j * lds + i];
 }
 #endif
 /* The same transpose into bf16 (rounded as nnf_f_to_bf16): t[i*ldt + j] = bf16(s[j*lds + i]), j < nj only. */
