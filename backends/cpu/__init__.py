@@ -208,7 +208,9 @@ def _compile_static(graph: Graph, threads: int, profile: bool = False, auto_thre
     program = lower(graph)
     if fuse_attn:   # gemm -> softmax -> gemm chains become one Attention kernel (backends/cpu/attention.py)
         from .attention import fuse
-        fuse(program)
+        from .copies import fold_copies
+        if fuse(program):
+            fold_copies(program)   # head split / merge copies around the attention kernels folded away
     from .bf16 import pack_program, report_path
     pack_program(program)   # bf16 weights packed for the micro-kernel, once (issue 12)
     from .quant_kernels import pack_program as pack_quant
