@@ -80,3 +80,57 @@ def test_rounding_stays_in_the_copy_when_the_projection_has_another_reader():
     np.testing.assert_allclose(got_k, kp2.numpy(), rtol=2e-2, atol=2e-2)
     ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
     np.testing.assert_allclose(got_y, np.asarray(ref(x)[0]), rtol=2e-2, atol=2e-2 * np.abs(y.numpy()).max())
+
+
+@pytest.mark.parametrize("dim,heads,t,causal", [(64, 4, 24, True), (160, 4, 70, False), (52, 4, 33, True)])
+def test_bf16_scores_match_the_f32_attention(dim, heads, t, causal):
+    """Under bf16, q @ kᵀ runs on the bf16 gemm kernel (q and k hold bf16 values; kᵀ packed as pairs 16 keys at a
+    time): head dims 16, 40 (two 16-pair blocks) and 13 (odd: a half pair), key counts that are not whole
+    16-key blocks or 64-column panels, causal and not; against the unfused chain (the same rounded operands in
+    f32) and the reference."""
+    torch.manual_seed(2)
+
+    class M(Heads):
+        def forward(s, x):
+            b, n, d = x.shape
+            split = lambda y: y.view(b, n, s.h, d // s.h).transpose(1, 2)  # noqa: E731
+            a = torch.nn.functional.scaled_dot_product_attention(split(s.q(x)), split(s.k(x)), split(s.v(x)),
+                                                                 is_causal=causal)
+            return s.o(a.transpose(1, 2).reshape(b, n, d))
+    m = M(dim, heads).eval()
+    x = torch.randn(2, t, dim)
+    opts = {"precision": "bf16", "accuracy_report": False}
+    cm = nnfuse.compile(m, (x,), backend="cpu", **opts)
+    att = next(k for k in cm.executable.program.kernels if k.kind == "attention")
+    assert att.meta.get("bf16_qk")
+    got = np.asarray(cm(x))
+    unfused = np.asarray(nnfuse.compile(m, (x,), backend="cpu", fuse_attention=False, **opts)(x))
+    np.testing.assert_allclose(got, unfused, rtol=1e-3, atol=1e-3 * np.abs(unfused).max())
+    ref = np.asarray(nnfuse.compile(m, (x,), backend="reference", precision="bf16")(x))
+    np.testing.assert_allclose(got, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+def test_bf16_scores_after_rope():
+    """LLaMA-style q/k: rotate-half copies, then the rounded rotation in place (the last writer covers the whole
+    buffer), so they hold bf16 values and the scores take the bf16 kernel; against the unfused chain."""
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    c = T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=100, use_cache=False)
+    m = T.LlamaForCausalLM(c).eval()
+    x = torch.randint(0, 100, (1, 20))
+
+    class Logits(torch.nn.Module):
+        def __init__(s, inner):
+            super().__init__()
+            s.inner = inner
+
+        def forward(s, ids):
+            return s.inner(ids).logits
+    lm = Logits(m).eval()
+    opts = {"precision": "bf16", "accuracy_report": False}
+    cm = nnfuse.compile(lm, (x,), backend="cpu", **opts)
+    assert all(k.meta.get("bf16_qk") for k in cm.executable.program.kernels if k.kind == "attention")
+    got = np.asarray(cm(x))
+    unfused = np.asarray(nnfuse.compile(lm, (x,), backend="cpu", fuse_attention=False, **opts)(x))
+    np.testing.assert_allclose(got, unfused, rtol=1e-3, atol=1e-3 * np.abs(unfused).max())

@@ -195,10 +195,14 @@ def emit_attention(w, k: Attention) -> str:
     skj, skd = k.k.strides[-2:]
     svj, svd = k.v.strides[-2:]
     soi, sod = k.out.strides[-2:]
-    k_in_place = skj == 1 and d > 0     # kᵀ rows (one per head dim) are already contiguous over keys
+    bq = bool(k.meta.get("bf16_qk")) and d > 0   # q @ kᵀ on the bf16 gemm kernel (q and k hold bf16 values)
+    kp = (d + 1) // 2                            # k pairs of a head dim (bf16 form)
+    ls = -(-skv // 64) * 64 if bq else skv       # score row stride: whole 64-column panels for the bf16 kernel
+    k_in_place = not bq and skj == 1 and d > 0     # kᵀ rows (one per head dim) are already contiguous over keys
     v_in_place = svd == 1 or dv == 1
     o_in_place = sod == 1 or dv == 1
-    scratch = mr * skv + (0 if k_in_place else d * skv) + (0 if v_in_place else skv * dv) + (0 if o_in_place else mr * dv)
+    kpack = kp * ls + mr * kp if bq else (0 if k_in_place else d * skv)   # bf16: kᵀ pairs + the q tile's pairs
+    scratch = mr * ls + kpack + (0 if v_in_place else skv * dv) + (0 if o_in_place else mr * dv)
     heap = scratch > STACK_FLOATS
     # causal: a tile whose last row is i sees keys j <= i; its key count is rounded up to whole 64-column
     # micro-kernel panels (the extra scores are computed and ignored) so no ragged panel is needed
@@ -217,9 +221,22 @@ def emit_attention(w, k: Attention) -> str:
         s += f"    float* _scr = (float*)malloc(sizeof(float) * {scratch});\n    if (!_scr) abort();   /* no silent skip */\n"
     else:
         s += f"    float _scr[{scratch}] __attribute__((aligned(64)));\n"
-    off = mr * skv
+    off = mr * ls
     s += "    float* restrict _S = _scr;\n"
-    if k_in_place:
+    if bq:   # kᵀ as bf16 pairs [pair p][key j] (the micro-kernel's B layout), keys zero padded to whole panels
+        # 16 keys at a time: their rows rounded into 16 rows of bf16 pairs, then transposed (as 32-bit lanes)
+        s += (f"    uint32_t* restrict _Kb = (uint32_t*)(_scr + {off}); uint16_t* restrict _Qb = (uint16_t*)(_scr + {off + kp * ls});\n"
+              f"    {{ const float* restrict _k = {kk} + {base(k.k)}; float _kt[16 * {kp}];   /* pairs held as float bits */\n"
+              f"      for (int64_t _j0 = 0; _j0 < {ls}; _j0 += 16) {{\n"
+              f"        for (int _r = 0; _r < 16; _r++) for (int64_t _p = 0; _p < {kp}; _p++) {{\n"
+              f"          const float* _kr = _k + (_j0 + _r)*{skj} + 2*_p*{skd}; int _in = _j0 + _r < _jmax; nnf_fi _u;\n"
+              f"          float _lo = _in ? _kr[0] : 0.0f, _hi = _in && 2*_p + 1 < {d} ? _kr[{skd}] : 0.0f;\n"
+              f"          _u.u = ((uint32_t)nnf_f_to_bf16(_hi) << 16) | (uint32_t)nnf_f_to_bf16(_lo); _kt[_r*{kp} + _p] = _u.f; }}\n"
+              f"        for (int64_t _p0 = 0; _p0 < {kp}; _p0 += 16)\n"
+              f"          nnf_tblock16(_kt + _p0, {kp}, {kp} - _p0 < 16 ? {kp} - _p0 : 16, 16, (float*)(_Kb + _p0*{ls} + _j0), {ls});\n"
+              f"      }}\n    }}\n")
+        off += kp * ls + mr * kp
+    elif k_in_place:
         s += f"    const float* _Kt = {kk} + {base(k.k)}; const int64_t _ldk = {skd};\n"
     else:   # pack kᵀ once per task: 16x16 blocks transposed in registers, scalar copies at the ragged edges
         s += f"    float* restrict _Kp = _scr + {off}; const float* _Kt = _Kp; const int64_t _ldk = {skv};\n"
@@ -245,8 +262,15 @@ def emit_attention(w, k: Attention) -> str:
     s += f"    int64_t _mr = _rend - _i0 < {mr} ? _rend - _i0 : {mr};\n"
     s += f"    int64_t _jn = {visible('_i0 + _mr')};\n"
     # scores: S[r, j] = scale * q[i0 + r] . k[j] for j < _jn
-    s += (f"    nnf_gemm_np(_mr, _jn, {d}, {float(k.scale)!r}f, {q} + {base(k.q)} + _i0*{sqi}, {sqi}, {sqd}, "
-          f"_Kt, _ldk, _S, {skv});\n")
+    if bq:   # the q tile as bf16 rows of kp pairs, then the bf16 kernel over whole panels (zero keys past _jmax)
+        s += (f"    {{ const float* restrict _qq = {q} + {base(k.q)} + _i0*{sqi};\n"
+              f"      for (int64_t _r = 0; _r < _mr; _r++) for (int64_t _c = 0; _c < {2 * kp}; _c++)\n"
+              f"        _Qb[_r*{2 * kp} + _c] = _c < {d} ? nnf_f_to_bf16(_qq[_r*{sqi} + _c*{sqd}]) : 0; }}\n"
+              f"    nnf_gemm_bf16x(_mr, 0, (_jn + 63) / 64 * 64, {d}, {float(k.scale)!r}f, _Qb, {2 * kp}, "
+              f"(const uint16_t*)_Kb, 128, {2 * ls}, _S, {ls}, 0, 0);\n")
+    else:
+        s += (f"    nnf_gemm_np(_mr, _jn, {d}, {float(k.scale)!r}f, {q} + {base(k.q)} + _i0*{sqi}, {sqi}, {sqd}, "
+              f"_Kt, _ldk, _S, {skv});\n")
     em = w.emitter(bn_ + ["_i", "_j"])
     val = "_row[_j]" if k.mask is None else f"_row[_j] + ({em.expr(k.mask)})"
     if k.causal:   # keys past the diagonal read as -inf: every row runs the same vector loops over _jn columns
@@ -254,7 +278,7 @@ def emit_attention(w, k: Attention) -> str:
     # softmax exactly as the unfused rownorm computes it (max, exp(x - max), sum, multiply by 1/sum)
     s += ("    for (int64_t _r = 0; _r < _mr; _r++) {\n"
           "      int64_t _i = _i0 + _r; (void)_i;\n"
-          f"      float* restrict _row = _S + _r*{skv};\n"
+          f"      float* restrict _row = _S + _r*{ls};\n"
           "      float _m = -INFINITY;\n"
           "      _Pragma(\"omp simd reduction(max:_m)\")\n"
           f"      for (int64_t _j = 0; _j < _jn; _j++) {{ float _x = {val}; _row[_j] = _x; _m = _x > _m ? _x : _m; }}\n"
@@ -267,10 +291,10 @@ def emit_attention(w, k: Attention) -> str:
           "    }\n")
     # out rows = p @ v over the visible keys
     if o_in_place:
-        s += f"    nnf_gemm_np(_mr, {dv}, _jn, 1.0f, _S, {skv}, 1, _V, _ldv, {o} + {base(k.out)} + _i0*{soi}, {soi});\n"
+        s += f"    nnf_gemm_np(_mr, {dv}, _jn, 1.0f, _S, {ls}, 1, _V, _ldv, {o} + {base(k.out)} + _i0*{soi}, {soi});\n"
     else:
         s += f"    float* restrict _Op = _scr + {off};\n"
-        s += f"    nnf_gemm_np(_mr, {dv}, _jn, 1.0f, _S, {skv}, 1, _V, _ldv, _Op, {dv});\n"
+        s += f"    nnf_gemm_np(_mr, {dv}, _jn, 1.0f, _S, {ls}, 1, _V, _ldv, _Op, {dv});\n"
         s += (f"    {{ float* restrict _oo = {o} + {base(k.out)} + _i0*{soi};\n"
               f"      for (int64_t _r = 0; _r < _mr; _r++) for (int64_t _d = 0; _d < {dv}; _d++) "
               f"_oo[_r*{soi} + _d*{sod}] = _Op[_r*{dv} + _d]; }}\n")

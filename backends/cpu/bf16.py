@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ...ir.dtypes import dtype as to_dtype
-from ...ir.kernel import Access, Buffer, Conv, Gemm, Program
+from ...ir.kernel import Access, Attention, Buffer, Conv, Gemm, Program
 from .pack import add_const, drop_unread
 
 PANEL = 64
@@ -272,11 +272,15 @@ def pack_program(p: Program) -> int:
     """Give every packable bf16 gemm / conv its own packed copy of the weight (a new const buffer), at compile time."""
     done: dict[tuple, Buffer] = {}
     n = 0
-    from .bf16_fold import drop_input_roundings, fold_epilogues, input_rounded, order_of, read_cast_weights, writers_of
+    from .bf16_fold import (drop_input_roundings, fold_epilogues, holds_bf16, input_rounded, order_of, read_cast_weights,
+                            writers_of)
     read_cast_weights(p)
     writers, order = writers_of(p), order_of(p)
     convs = []
     for k in p.kernels:
+        if isinstance(k, Attention) and k.d >= 2 and all(holds_bf16(k, a.buf, writers, order) for a in (k.q, k.k)):
+            k.meta["bf16_qk"] = True   # q and k hold bf16 values: q @ kᵀ on the bf16 kernel (p @ v stays f32)
+            continue
         if isinstance(k, Conv) and conv_packable(k) and input_rounded(k, writers, order):
             src = p.const_data[k.w.buf.index]
             rows_pos = conv_rows_are_positions(k)
@@ -621,7 +625,7 @@ _warned = False
 def report_path(lib, program: Program) -> Optional[str]:
     """The bf16 path the built library took (None without bf16 gemms); one warning when it is emulated."""
     global _warned
-    if not any(k.meta.get("bf16_packed") for k in program.kernels):
+    if not any(k.meta.get("bf16_packed") or k.meta.get("bf16_qk") for k in program.kernels):
         return None
     import ctypes
     f = lib.nnf_bf16_path

@@ -50,6 +50,22 @@ def input_rounded(k: Conv, writers: dict, order: dict) -> bool:
     return _rounded(k.x.buf, writers, 3)
 
 
+def holds_bf16(k, buf: Buffer, writers: dict, order: dict) -> bool:
+    """When kernel k runs, buf holds bf16 values widened to f32: every writer stores such values (`_rounded`),
+    or the last writer before k overwrites all of buf with one (RoPE: rotate-half copies, then the rounded
+    rotation in place)."""
+    if _rounded(buf, writers, 3):
+        return True
+    from .copies import _bijective
+    ws = [w for w in writers.get(id(buf), []) if order[id(w)] < order[id(k)]]
+    w = ws[-1] if ws else None
+    if not (isinstance(w, Pointwise) and len(w.stores) == 1 and w.stores[0][0].buf is buf):
+        return False
+    dst, e = w.stores[0]
+    return (_bijective(dst, tuple(w.domain), buf) and isinstance(e, Op) and e.op == "cast" and e.dtype.name == "f32"
+            and e.args[0].dtype.name == "bf16")
+
+
 def order_of(p: Program) -> dict:
     return {id(k): i for i, k in enumerate(p.kernels)}
 

@@ -993,7 +993,7 @@ def generate(p: Program, profile: bool = False) -> str:
     parameters) are emitted once and called many times: less C to compile, same machine code."""
     from .pack import C_SOURCE as PACK_C
     parts = [PRELUDE % {"abi": ABI_VERSION}, PACK_C, _tables(p)]
-    if any(k.meta.get("bf16_packed") for k in p.kernels):
+    if any(k.meta.get("bf16_packed") or k.meta.get("bf16_qk") for k in p.kernels):
         from .bf16 import C_SOURCE
         parts.append(C_SOURCE)
     if any(k.meta.get("quant") or k.kind == "quant_rows" for k in p.kernels):
