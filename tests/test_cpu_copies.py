@@ -113,21 +113,10 @@ def test_bf16_scores_match_the_f32_attention(dim, heads, t, causal):
 def test_bf16_scores_after_rope():
     """LLaMA-style q/k: rotate-half copies, then the rounded rotation in place (the last writer covers the whole
     buffer), so they hold bf16 values and the scores take the bf16 kernel; against the unfused chain."""
-    T = pytest.importorskip("transformers")
-    torch.manual_seed(3)
-    c = T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=4, vocab_size=100, use_cache=False)
-    m = T.LlamaForCausalLM(c).eval()
-    x = torch.randint(0, 100, (1, 20))
-
-    class Logits(torch.nn.Module):
-        def __init__(s, inner):
-            super().__init__()
-            s.inner = inner
-
-        def forward(s, ids):
-            return s.inner(ids).logits
-    lm = Logits(m).eval()
+    pytest.importorskip("transformers")
+    from torch_util import Logits, tiny_llama
+    lm = Logits(tiny_llama(3)).eval()
+    x = torch.randint(0, 256, (1, 20))
     opts = {"precision": "bf16", "accuracy_report": False}
     cm = nnfuse.compile(lm, (x,), backend="cpu", **opts)
     assert all(k.meta.get("bf16_qk") for k in cm.executable.program.kernels if k.kind == "attention")
