@@ -35,7 +35,11 @@ def best_backend(model, args) -> tuple[str, "nnfuse.CompiledModel"]:
     """The fastest backend that compiles this model here: cpu (C + OpenMP), else the reference interpreter."""
     for backend in ("cpu", "reference"):
         try:
-            return backend, nnfuse.compile(model, args, backend=backend, opt_level=2)
+            # 2 threads, as every peer here: left to itself the executable would pick its thread count by timing
+            # both on its first calls, and right after another runtime's calls that runtime's spinning workers
+            # can make it settle on one thread for a while
+            opts = {"threads": 2} if backend == "cpu" else {}
+            return backend, nnfuse.compile(model, args, backend=backend, opt_level=2, **opts)
         except NnfuseError as e:
             print(f"  backend '{backend}' unavailable for this model: {str(e).splitlines()[0]}")
     raise SystemExit("no backend could compile the model")
@@ -111,7 +115,7 @@ def llama_demo() -> None:
     for label, opts in (("bf16 compute", {"precision": "bf16", "accuracy_report": False}), ("W8A8 int8", {"quantize": "w8a8"}),
                         ("int4 weights g64", {"quantize": "w4g64"})):
         try:
-            cv = nnfuse.compile(model, (ids,), backend=backend, **opts)
+            cv = nnfuse.compile(model, (ids,), backend=backend, **opts, **({"threads": 2} if backend == "cpu" else {}))
             with torch.inference_mode():
                 o = cv(ids)
                 o = (o[0] if isinstance(o, tuple) else o).float()
