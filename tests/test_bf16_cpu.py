@@ -355,4 +355,5 @@ def test_conv_scratch_grows_only_outside_the_pool():
                 assert int(size) <= grown.get(slot, -1), (fn.group(1), slot, size, grown)
                 checked += 1
     assert checked > 0
-    np.testing.assert_allclose(np.asarray(cm(x)), m(x).detach().numpy(), rtol=5e-2, atol=5e-2)
+    ref = np.asarray(nnfuse.compile(m, (x,), backend="reference", precision="bf16")(x))
+    np.testing.assert_allclose(np.asarray(cm(x)), ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())

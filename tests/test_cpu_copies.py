@@ -57,9 +57,9 @@ def test_head_copies_fold_into_attention(precision):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     else:   # the same rounding as the reference with the policy
         ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
-        np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=2e-2, atol=2e-2 * np.abs(want).max())
+        np.testing.assert_allclose(got, np.asarray(ref(x)), rtol=2e-3, atol=2e-3 * np.abs(want).max())
         unfused = nnfuse.compile(m, (x,), backend="cpu", fuse_attention=False, **opts)
-        np.testing.assert_allclose(got, np.asarray(unfused(x)), rtol=1e-2, atol=1e-2 * np.abs(want).max())
+        np.testing.assert_allclose(got, np.asarray(unfused(x)), rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
 def test_rounding_stays_in_the_copy_when_the_projection_has_another_reader():
@@ -77,9 +77,10 @@ def test_rounding_stays_in_the_copy_when_the_projection_has_another_reader():
     assert len(kcopy) == 1 and not any(k.kind == "gemm" and k.out.buf is att.k.buf for k in ks)
     assert any(k.kind == "gemm" and k.out.buf is att.q.buf for k in ks)   # q and v still folded
     got_y, got_k = (np.asarray(t) for t in cm(x))
-    np.testing.assert_allclose(got_k, kp2.numpy(), rtol=2e-2, atol=2e-2)
     ref = nnfuse.compile(m, (x,), backend="reference", precision="bf16")
-    np.testing.assert_allclose(got_y, np.asarray(ref(x)[0]), rtol=2e-2, atol=2e-2 * np.abs(y.numpy()).max())
+    ref_y, ref_k = (np.asarray(t) for t in ref(x))
+    np.testing.assert_allclose(got_k, ref_k, rtol=1e-4, atol=1e-5 * np.abs(ref_k).max())   # f32: not rounded by the fold
+    np.testing.assert_allclose(got_y, ref_y, rtol=2e-3, atol=2e-3 * np.abs(y.numpy()).max())
 
 
 @pytest.mark.parametrize("dim,heads,t,causal", [(64, 4, 24, True), (160, 4, 70, False), (52, 4, 33, True)])
@@ -107,7 +108,7 @@ def test_bf16_scores_match_the_f32_attention(dim, heads, t, causal):
     unfused = np.asarray(nnfuse.compile(m, (x,), backend="cpu", fuse_attention=False, **opts)(x))
     np.testing.assert_allclose(got, unfused, rtol=1e-3, atol=1e-3 * np.abs(unfused).max())
     ref = np.asarray(nnfuse.compile(m, (x,), backend="reference", precision="bf16")(x))
-    np.testing.assert_allclose(got, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
 
 
 def test_bf16_scores_after_rope():

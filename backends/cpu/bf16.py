@@ -535,7 +535,8 @@ def emit_conv(w, k: Conv) -> str:
     pt, pl, pb, pr = k.pads
     PH, PW = H + pt + pb, W_ + pl + pr
     s = f"  for (int64_t _n = 0; _n < {N}; _n++) {{\n"
-    if KH == KW == 1 and not any(k.pads):   # a 1x1 conv: the im2col reads the f32 input itself and rounds it
+    padded = not (KH == KW == 1 and not any(k.pads))
+    if not padded:   # a 1x1 conv: the im2col reads the f32 input itself and rounds it
         src, rs, ctyp = f"_x + {X.offset} + _n*{sxn}", sxc, "float"
         xp = f"  const float* _x = {x};\n"
         val = lambda r: f"nnf_f_to_bf16({r})"  # noqa: E731
@@ -606,7 +607,7 @@ def emit_conv(w, k: Conv) -> str:
         body += _epilogue(w, k, k.geometry(), "_m0", "_m1", "_q0", "_q1")
     body += "  }\n"
     # the shared scratch is grown here, by the caller: inside the pool's tasks two threads could both reallocate it
-    grow = (xp if "_xp" in xp else "") + (bw if shared else "")
+    grow = (xp if padded else "") + (bw if shared else "")
     return grow + s + w.parallel(mt * ngr, 1, xp + body, ("_n",)) + "  }\n"
 
 

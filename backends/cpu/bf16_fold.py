@@ -56,13 +56,13 @@ def holds_bf16(k, buf: Buffer, writers: dict, order: dict) -> bool:
     rotation in place)."""
     if _rounded(buf, writers, 3):
         return True
-    from .copies import _bijective
+    from .copies import covers_once
     ws = [w for w in writers.get(id(buf), []) if order[id(w)] < order[id(k)]]
     w = ws[-1] if ws else None
     if not (isinstance(w, Pointwise) and len(w.stores) == 1 and w.stores[0][0].buf is buf):
         return False
     dst, e = w.stores[0]
-    return (_bijective(dst, tuple(w.domain), buf) and isinstance(e, Op) and e.op == "cast" and e.dtype.name == "f32"
+    return (covers_once(dst, tuple(w.domain), buf) and isinstance(e, Op) and e.op == "cast" and e.dtype.name == "f32"
             and e.args[0].dtype.name == "bf16")
 
 

@@ -232,7 +232,7 @@ typedef float nnf_vfu __attribute__((vector_size(NNF_VW * 4), aligned(4)));
 #define NNF_VLD(p) (*(const nnf_vfu*)(p))
 #define NNF_VST(p, v) (*(nnf_vfu*)(p) = (v))
 /* A 16 x 16 block transpose: t[i*ldt + j] = s[j*lds + i] for lanes i < ni of rows j < nj of s (nothing else
-   of t is written). A conv's layout changes (NCHW <-> positions x channels) and attention's k^T packing go
+   of t is written). A bf16 conv's layout changes (NCHW <-> positions x channels) and attention's k^T packing go
    through it: on AVX-512, 16 masked row loads, 64 shuffles in registers and 16 masked stores, instead of a
    scalar strided loop (the conv's two such loops took a fifth of a bf16 56x56x64 conv); elsewhere a full block
    is four 8 x 8 register transposes (GCC vector shuffles), a partial one scalar. */
@@ -718,12 +718,13 @@ class KernelWriter:
             inner = (f"{{ {c} _v = {v}; if (!_seen || _v {rel} _r{nanchk}) {{ _r = _v; _idx = {names[no]}; _seen = 1; }} }}")
             red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
         else:
-            combine = {"sum": "_r += _v;", "prod": "_r *= _v;",
-                       "max": "_r = (_v > _r || _v != _v) ? _v : _r;" if isf else "_r = _v > _r ? _v : _r;",
-                       "min": "_r = (_v < _r || _v != _v) ? _v : _r;" if isf else "_r = _v < _r ? _v : _r;"}[comb]
+            def step(r: str) -> str:   # fold _v into the accumulator r (NaN propagates through max / min)
+                return {"sum": f"{r} += _v;", "prod": f"{r} *= _v;",
+                        "max": f"{r} = (_v > {r} || _v != _v) ? _v : {r};" if isf else f"{r} = _v > {r} ? _v : {r};",
+                        "min": f"{r} = (_v < {r} || _v != _v) ? _v : {r};" if isf else f"{r} = _v < {r} ? _v : {r};"}[comb]
             if window_reduce(k):
-                return self.window_reduce(names, c, init, v, combine.replace("_r", "_ra[_w]"))
-            inner = f"{{ {c} _v = {v}; {combine} }}"
+                return self.window_reduce(names, c, init, v, step("_ra[_w]"))
+            inner = f"{{ {c} _v = {v}; {step('_r')} }}"
             red_loops = self.loops(k.rdomain, names[no:], inner, None, "    ")
             if comb == "sum" and nr:
                 red_loops = red_loops.replace(f"for (int64_t {names[-1]}", f"_Pragma(\"omp simd reduction(+:_r)\")\n    for (int64_t {names[-1]}", 1) if nr == 1 else red_loops

@@ -153,8 +153,8 @@ def emit_direct(w, k: Conv, geo) -> str:
             # the real output positions of virtual rows [_m0, _m1): whole rows of OW, cut at OW within a row
             f"    int64_t _q0 = (_m0 / {PW})*{OW} + (_m0 % {PW} < {OW} ? _m0 % {PW} : {OW});\n"
             f"    int64_t _q1 = (_m1 / {PW})*{OW} + (_m1 % {PW} < {OW} ? _m1 % {PW} : {OW});\n")
-    body += _epilogue_t(w, k, geo, "_pa * 64", f"(_pb * 64 < {Mg} ? _pb * 64 : {Mg})", "_q0", "_q1",
-                        "_Ct", ldt, lambda p0, p1: f"{p0}*{PW} + {p1}")
+    body += _epilogue(w, k, geo, "_pa * 64", f"(_pb * 64 < {Mg} ? _pb * 64 : {Mg})", "_q0", "_q1",
+                      src=f"_Ct[(_p0*{PW} + _p1)*{ldt} + _ml]")
     body += "  }\n"
     s += "  " + w.parallel(nm * ngp, 1, body, ("_n", "_g")).lstrip()
     return s + "  }\n"
@@ -236,12 +236,8 @@ def emit_positions_as_rows(w, k: Conv, geo, plain: bool) -> str:
     body = (f"  const float* _A = {a_base}; float* _Ct = nnf_f32_buf + {colsz};\n" + _task_loop(ngp, mc, SP, pt, npm) +
             f"    nnf_gemm_pk(_m1 - _m0, {Mg}, {K}, 1.0f, _A + _m0, 6, 1, {sak}, 0, "
             f"{wp} + {Wt.offset} + _g*{npm * K * 64}, {k.meta['f32_rows_are_positions']}, _pa, _pb, _Ct + _m0*{ldt}, {ldt});\n")
-    c1 = f"(_pb * 64 < {Mg} ? _pb * 64 : {Mg})"
-    if len(geo.kernel) == 2:
-        OW = geo.out_spatial[1]
-        body += _epilogue_t(w, k, geo, "_pa * 64", c1, "_m0", "_m1", "_Ct", ldt, lambda p0, p1: f"{p0}*{OW} + {p1}")
-    else:
-        body += _epilogue(w, k, geo, "_pa * 64", c1, "_m0", "_m1", src=f"_Ct[_qq*{ldt} + _ml]")
+    body += _epilogue(w, k, geo, "_pa * 64", f"(_pb * 64 < {Mg} ? _pb * 64 : {Mg})", "_m0", "_m1",
+                      src=f"_Ct[_qq*{ldt} + _ml]")
     body += "  }\n"
     work = Mg * K * SP
     s += "  " + w.parallel(nm * ngp, 1 if work >= 65536 else nm * ngp, body, ("_n", "_g")).lstrip()
@@ -373,34 +369,6 @@ def _epilogue(w, k: Conv, geo, c0: str, c1: str, q0: str, q1: str, src: str = ""
             + (f"        int64_t {pdecl}; {dec}\n" if nd > 1 else "        (void)_row;\n")
             + f"        for (int64_t _p{nd - 1} = _s; _p{nd - 1} < _e; _p{nd - 1}++) {{ int64_t _qq = _q - _s + _p{nd - 1}; (void)_qq; "
               f"float _acc = {src}; {ref} = {val}; }}\n"
-            f"        _q += _e - _s;\n      }}\n    }}\n")
-
-
-def _epilogue_t(w, k: Conv, geo, c0: str, c1: str, q0: str, q1: str, ct: str, ldt: int, row) -> str:
-    """The epilogue of a 2-D conv computed as C^T (positions x channels, row `row(p0, p1)` of `ct`, `ldt` apart):
-    channels [c0, c1) of group _g, positions [q0, q1), through 16 x 16 register transposes (nnf_tblock16), so
-    each output row is written 16 contiguous positions at a time (the strided scalar reads it replaces cost
-    ~10 % of a 56x56 conv)."""
-    (_, OW), Mg = geo.out_spatial, geo.mg
-    O = k.out
-    son, som = O.strides[0], O.strides[1]
-    SP = geo.out_spatial[0] * OW
-    em = w.emitter(["_n", "_m", "_p0", "_p1"], {"acc": "_acc"})
-    ref = f"{w.bn(O.buf)}[{O.offset} + _n*{son} + _m*{som} + _p0*{OW} + _p1]"
-    val = em.expr(k.epilogue) if k.epilogue is not None else "_acc"
-    return (f"    for (int64_t _mb = {c0}; _mb < {c1}; _mb += 16) {{\n"
-            f"      int _nm = {c1} - _mb < 16 ? {c1} - _mb : 16; float _tt[256];\n"
-            f"      int64_t _q = {q0}, _qe = {q1} < {SP} ? {q1} : {SP};\n"
-            f"      while (_q < _qe) {{\n"
-            f"        int64_t _p0 = _q / {OW}, _s = _q % {OW}, _e = _s + (_qe - _q) < {OW} ? _s + (_qe - _q) : {OW};\n"
-            f"        for (int64_t _j0 = _s; _j0 < _e; _j0 += 16) {{\n"
-            f"          int _nq = _e - _j0 < 16 ? _e - _j0 : 16;\n"
-            f"          nnf_tblock16({ct} + ({row('_p0', '_j0')})*{ldt} + _mb, {ldt}, _nm, _nq, _tt, 16);\n"
-            f"          for (int64_t _ml = _mb; _ml < _mb + _nm; _ml++) {{\n"
-            f"            int64_t _m = _g*{Mg} + _ml;\n"
-            f"            for (int64_t _p1 = _j0; _p1 < _j0 + _nq; _p1++) {{ float _acc = _tt[(_ml - _mb)*16 + _p1 - _j0]; "
-            f"{ref} = {val}; }}\n"
-            f"          }}\n        }}\n"
             f"        _q += _e - _s;\n      }}\n    }}\n")
 
 

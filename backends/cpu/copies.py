@@ -34,7 +34,7 @@ def _copy_of(q) -> Optional[tuple[Access, Access, Expr]]:
     return dst, lds[0].access, e
 
 
-def _bijective(acc: Access, dims: tuple, buf: Buffer) -> bool:
+def covers_once(acc: Access, dims: tuple, buf: Buffer) -> bool:
     """`acc` over a domain of extents `dims` visits every element of `buf` exactly once: offset 0, and the strides
     of the axes longer than 1, in decreasing order, are a row-major layout of buf."""
     live = sorted(((s, n) for s, n in zip(acc.strides, dims) if n > 1), reverse=True)
@@ -110,7 +110,7 @@ def fold_into_producers(p: Program) -> int:
             continue
         dst, src, _ = c
         ws, _ = _users(p, dst.buf)
-        if ws != [q] or not _bijective(src, q.domain, t) or not _untouched(p, dst.buf, att, q):
+        if ws != [q] or not covers_once(src, q.domain, t) or not _untouched(p, dst.buf, att, q):
             continue
         if any(a.buf is dst.buf for a in att.reads()):
             continue
@@ -137,14 +137,14 @@ def fold_into_attention(p: Program) -> int:
                 continue
             q = writers[0]
             c = _copy_of(q)
-            if c is None or not _bijective(c[0], q.domain, t):
+            if c is None or not covers_once(c[0], q.domain, t):
                 continue
             dst, src, e = c
             if not isinstance(e, Load):   # the elementwise part goes to the source's producer first
                 pw, pr = _users(p, src.buf)
                 g = pw[0] if len(pw) == 1 else None
                 if not (isinstance(g, Gemm) and pr == [q] and src.buf.kind == "temp"
-                        and _bijective(g.out, tuple(g.batch) + (g.m, g.n), src.buf)):
+                        and covers_once(g.out, tuple(g.batch) + (g.m, g.n), src.buf)):
                     continue
                 acc = g.epilogue if g.epilogue is not None else Arg(g.out.buf.dtype, "acc")
                 from ...passes.lower import substitute
